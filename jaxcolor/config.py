@@ -1,0 +1,144 @@
+"""Default configuration and its validation. Experiments start from ``base_config()``.
+
+Every key a user may set exists here, so ``--config.a.b=v`` for an unknown key fails in the
+flag parser, naming it; ``validate`` then rejects bad values before any work, naming the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxcolor import models
+from jaxcolor.losses import ADVERSARIAL, RECONSTRUCTION
+from jaxcolor.tasks import TASKS
+from jaxcolor.train_state import COMPUTE_DTYPES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with defaults; values follow pix2pix unless an experiment says otherwise."""
+    c = ml_collections.ConfigDict()
+    c.experiment = "default"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ml_collections.FieldReference(None, field_type=str)  # None: sample photos
+    c.data.task = "lab"  # lab: L -> ab; gray_rgb: gray x3 -> RGB
+    c.data.image_size = 256
+    c.data.augment = True  # resize 12.5% larger, random crop, horizontal flip
+    c.data.skip_grayscale = True
+    c.data.val_fraction = 0.1  # held out when the folder has no Train/Validation layout
+    c.data.num_workers = 4  # Grain worker processes per host; 0 = in-process
+    c.data.num_val_images = 8  # validation images in sample grids and validation loss
+
+    c.model = ml_collections.ConfigDict()
+    c.model.generator = "lab_gan"
+    c.model.discriminator = "dcgan"
+    c.model.num_downs = 8  # unet
+    c.model.ngf = 64  # unet
+    c.model.dropout_rate = 0.5  # unet
+    c.model.dropout_at_inference = False  # unet: pix2pix keeps dropout on at test time
+    c.model.ndf = 64  # patchgan
+    c.model.n_layers = 3  # patchgan: 3 = 70x70 receptive field
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.adversarial = "bce"  # bce | lsgan
+    c.loss.reconstruction = "l1"  # l1 | mse
+    c.loss.recon_weight = 100.0
+    c.loss.adv_weight = 1.0
+    c.loss.label_flip = False
+    c.loss.soft_labels = False  # 1 ~ U[0.9, 1], 0 ~ U[0, 0.1]
+    c.loss.label_smoothing = 0.0  # one-sided: 1 -> 1 - s
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.g_lr = 2e-4
+    c.optim.d_lr = 2e-4
+    c.optim.b1 = 0.5
+    c.optim.b2 = 0.999
+    c.optim.decay_start = 0.5  # fraction of num_steps after which lr decays linearly to 0
+    c.optim.d_updates = 1  # D updates per train step
+    c.optim.g_updates = 1  # G updates per train step
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 8  # global, over all devices and hosts
+    c.train.num_steps = 100_000
+    c.train.seed = 0
+    c.train.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+    c.train.log_every = 50
+    c.train.image_every = 1000  # sample grids and validation loss
+    c.train.checkpoint_every = 2000
+    c.train.keep_checkpoints = 3
+    return c
+
+
+def apply_preset(config: ml_collections.ConfigDict, preset: str | None):
+    """``file.py:quick`` on the command line: 64x64, a few hundred steps, for a laptop CPU."""
+    if preset in (None, ""):
+        return config
+    if preset != "quick":
+        raise ValueError(f"unknown config preset {preset!r} (known: 'quick')")
+    config.data.image_size = 64
+    config.data.num_workers = 0  # a handful of small photos: worker start-up would dominate
+    config.train.num_steps = 300
+    config.train.log_every = 25
+    config.train.image_every = 100
+    config.train.checkpoint_every = 100
+    return config
+
+
+def _check(ok: bool, key: str, value, need: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key}={value!r} is invalid: {need}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_processes: int = 1):
+    """Raises ValueError naming the first key whose value cannot work."""
+    d, m, t, o, lo = config.data, config.model, config.train, config.optim, config.loss
+    _check(d.task in TASKS, "data.task", d.task, f"one of {sorted(TASKS)}")
+    _check(d.image_size > 0 and d.image_size % 4 == 0, "data.image_size", d.image_size,
+           "a positive multiple of 4")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    _check(d.num_val_images >= 1, "data.num_val_images", d.num_val_images, ">= 1")
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in (0, 1)")
+    _check(m.generator in models.GENERATORS, "model.generator", m.generator,
+           f"one of {sorted(models.GENERATORS)}")
+    _check(m.discriminator in models.DISCRIMINATORS, "model.discriminator", m.discriminator,
+           f"one of {sorted(models.DISCRIMINATORS)}")
+    if m.generator == "unet":
+        _check(m.num_downs >= 5, "model.num_downs", m.num_downs, ">= 5 (U-Net-256 uses 8)")
+        _check(d.image_size % 2**m.num_downs == 0, "model.num_downs", m.num_downs,
+               f"data.image_size={d.image_size} must be divisible by 2**num_downs; "
+               f"use num_downs <= {_max_downs(d.image_size)}")
+    if m.discriminator == "patchgan":
+        _check(d.image_size >= 2 ** (m.n_layers + 2), "model.n_layers", m.n_layers,
+               f"too deep for data.image_size={d.image_size}")
+    _check(lo.adversarial in ADVERSARIAL, "loss.adversarial", lo.adversarial,
+           f"one of {sorted(ADVERSARIAL)}")
+    _check(lo.reconstruction in RECONSTRUCTION, "loss.reconstruction", lo.reconstruction,
+           f"one of {sorted(RECONSTRUCTION)}")
+    _check(lo.recon_weight >= 0, "loss.recon_weight", lo.recon_weight, ">= 0")
+    _check(lo.adv_weight >= 0, "loss.adv_weight", lo.adv_weight, ">= 0")
+    _check(0.0 <= lo.label_smoothing < 0.5, "loss.label_smoothing", lo.label_smoothing,
+           "in [0, 0.5)")
+    for key in ("g_lr", "d_lr"):
+        _check(o[key] > 0, f"optim.{key}", o[key], "> 0")
+    for key in ("b1", "b2"):
+        _check(0 <= o[key] < 1, f"optim.{key}", o[key], "in [0, 1)")
+    _check(0.0 <= o.decay_start <= 1.0, "optim.decay_start", o.decay_start, "in [0, 1]")
+    for key in ("d_updates", "g_updates"):
+        _check(o[key] >= 1, f"optim.{key}", o[key], ">= 1")
+    _check(t.num_steps > 0, "train.num_steps", t.num_steps, "> 0")
+    _check(t.batch_size > 0, "train.batch_size", t.batch_size, "> 0")
+    _check(t.batch_size % num_devices == 0, "train.batch_size", t.batch_size,
+           f"divisible by the device count ({num_devices}); the batch is global")
+    _check(t.batch_size % num_processes == 0, "train.batch_size", t.batch_size,
+           f"divisible by the process count ({num_processes})")
+    _check(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
+           f"one of {sorted(COMPUTE_DTYPES)}")
+    for key in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
+        _check(t[key] >= 1, f"train.{key}", t[key], ">= 1")
+
+
+def _max_downs(image_size: int) -> int:
+    n = 0
+    while image_size % 2 ** (n + 1) == 0:
+        n += 1
+    return n

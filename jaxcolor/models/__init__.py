@@ -1,0 +1,55 @@
+"""Networks by name: the config's ``model.generator`` / ``model.discriminator`` pick a builder here.
+
+A builder takes ``(model_config, task, dtype)`` and returns a flax.linen Module. Generators are
+called as ``G(cond, train=...)``; discriminators as ``D(cond, image, train=...)`` and return logits
+(one per image or a map of patch logits). Adding a model means adding a module and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import ml_collections
+
+from jaxcolor.models.lab_gan import DCGANDiscriminator, LabGenerator
+from jaxcolor.models.pix2pix import PatchGANDiscriminator, UNetGenerator
+from jaxcolor.tasks import Task
+
+Builder = Callable[[ml_collections.ConfigDict, Task, object], nn.Module]
+
+GENERATORS: dict[str, Builder] = {
+    "lab_gan": lambda m, task, dtype: LabGenerator(out_channels=task.target_channels, dtype=dtype),
+    "unet": lambda m, task, dtype: UNetGenerator(
+        out_channels=task.target_channels,
+        num_downs=m.num_downs,
+        base_features=m.get("ngf", 64),
+        dropout_rate=m.get("dropout_rate", 0.5),
+        dropout_at_inference=m.get("dropout_at_inference", False),
+        dtype=dtype,
+    ),
+}
+
+DISCRIMINATORS: dict[str, Builder] = {
+    "dcgan": lambda m, task, dtype: DCGANDiscriminator(dtype=dtype),
+    "patchgan": lambda m, task, dtype: PatchGANDiscriminator(
+        base_features=m.get("ndf", 64), n_layers=m.get("n_layers", 3), dtype=dtype
+    ),
+}
+
+
+def _build(table: dict[str, Builder], key: str, model_cfg, task: Task, dtype) -> nn.Module:
+    name = model_cfg[key]
+    if name not in table:
+        raise ValueError(f"model.{key}={name!r} is unknown; choose one of {sorted(table)}")
+    return table[name](model_cfg, task, dtype)
+
+
+def build_generator(model_cfg: ml_collections.ConfigDict, task: Task, dtype) -> nn.Module:
+    """The generator named by ``model_cfg.generator``."""
+    return _build(GENERATORS, "generator", model_cfg, task, dtype)
+
+
+def build_discriminator(model_cfg: ml_collections.ConfigDict, task: Task, dtype) -> nn.Module:
+    """The discriminator named by ``model_cfg.discriminator``."""
+    return _build(DISCRIMINATORS, "discriminator", model_cfg, task, dtype)

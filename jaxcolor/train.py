@@ -1,0 +1,253 @@
+"""The one training loop for every model: ``python -m jaxcolor.train --config experiments/X.py``.
+
+Flags: ``--config`` (an ml_collections config file; ``file.py:quick`` passes ``quick`` to its
+``get_config``), ``--config.a.b=v`` overrides, ``--workdir`` (default ``runs/<experiment>``).
+A run resumes from the newest checkpoint in its work dir. SIGINT/SIGTERM finish the current step,
+save a checkpoint and exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcolor import config as config_lib
+from jaxcolor import data, sharding
+from jaxcolor.checkpoints import Checkpointer
+from jaxcolor.summary import Summary
+from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
+from jaxcolor.train_step import make_predict, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second SIGINT kills)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+
+def _local_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's rows of a batch every process holds whole."""
+    n, i = jax.process_count(), jax.process_index()
+    return {k: np.array_split(v, n)[i] for k, v in batch.items()}
+
+
+class Validator:
+    """Validation loss and the sample grid on a fixed set of validation images."""
+
+    def __init__(self, gan: GAN, config: ml_collections.ConfigDict, files: list[str], mesh):
+        self.gan, self.mesh = gan, mesh
+        self.batches, self.skipped = data.eval_batches(
+            files,
+            image_size=config.data.image_size,
+            batch_size=config.train.batch_size,
+            skip_grayscale=config.data.skip_grayscale,
+            max_images=config.data.num_val_images,
+        )
+        predict = make_predict(gan)
+        self._predict = jax.jit(
+            lambda g, batch: predict(g, gan.task.split(batch)[0], jax.random.key(0)),
+            out_shardings=sharding.replicated(mesh),
+        )
+
+    def __call__(self, g_state) -> tuple[dict[str, float], list[list[np.ndarray]]]:
+        """Mean validation losses and grid rows (gray input | generated | ground truth)."""
+        task, rows, sq, ab = self.gan.task, [], [], []
+        for batch in self.batches:
+            device_batch = sharding.to_global(_local_slice(batch), self.mesh)
+            out = np.asarray(self._predict(g_state, device_batch))  # replicated: no gather
+            valid = batch["valid"]
+            cond, target = (np.asarray(x) for x in task.split(batch))
+            sq.append(np.square(out - target)[valid].mean(axis=(1, 2, 3)))
+            ab.append(np.abs(out - target)[valid].mean(axis=(1, 2, 3)))
+            truth = (batch["rgb"] + 1.0) / 2.0
+            gray, pred = task.cond_to_rgb(cond), task.to_rgb(cond, out)
+            rows += [[gray[i], pred[i], truth[i]] for i in np.flatnonzero(valid)]
+        metrics = {"val/mse": float(np.concatenate(sq).mean()),
+                   "val/l1": float(np.concatenate(ab).mean())}
+        return metrics, rows
+
+
+def _report_skipped(reasons: np.ndarray, counter: dict[str, int]) -> None:
+    for reason in reasons:
+        counter["skipped"] += 1
+        log.warning("skipped %s", reason)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+    """Trains (or resumes) the run in ``workdir`` until ``train.num_steps``; returns the state."""
+    mesh = sharding.make_mesh()
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    is_main = jax.process_index() == 0
+    cfg_t, cfg_d = config.train, config.data
+    gan = build_gan(config)
+
+    splits = data.find_splits(cfg_d.dir, cfg_d.val_fraction, cfg_t.seed)
+    where = cfg_d.dir or "the built-in sample photos"
+    data.check_usable(splits["train"], f"data.dir={where}", cfg_d.skip_grayscale)
+
+    os.makedirs(workdir, exist_ok=True)
+    summary = Summary(workdir, cfg_t.num_steps, enabled=is_main)
+    if cfg_d.dir is None:
+        summary.message(
+            f"data.dir is not set: training on {len(splits['train'])} built-in sample photos "
+            f"(validation: {len(splits['validation'])}). Set --config.data.dir for real data."
+        )
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    replicated = sharding.replicated(mesh)
+    state = jax.jit(
+        lambda key: init_state(gan, key, cfg_d.image_size), out_shardings=replicated
+    )(jax.random.PRNGKey(cfg_t.seed))
+    summary.message(
+        f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
+        f" | D {config.model.discriminator} {param_count(state.d.params):,} params"
+        f" | {jax.device_count()} device(s) ({jax.devices()[0].platform}),"
+        f" {jax.process_count()} process(es) | global batch {cfg_t.batch_size}"
+    )
+
+    train_ds = data.train_dataset(
+        splits["train"],
+        image_size=cfg_d.image_size,
+        batch_size=cfg_t.batch_size // jax.process_count(),
+        seed=cfg_t.seed,
+        augment=cfg_d.augment,
+        skip_grayscale=cfg_d.skip_grayscale,
+        num_workers=cfg_d.num_workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    batches: Iterator = iter(train_ds)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every=cfg_t.checkpoint_every,
+        keep=cfg_t.keep_checkpoints,
+    )
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, batches)
+        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
+
+    validator = Validator(gan, config, splits["validation"], mesh)
+    counter = {"skipped": 0}
+    _report_skipped(validator.skipped, counter)
+
+    step_fn = jax.jit(
+        make_train_step(gan, config),
+        in_shardings=(replicated, sharding.batch_sharded(mesh)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+    step = int(state.step)
+    summary.start_step = step
+    pending, wait_time, last_time, last_step = [], 0.0, time.perf_counter(), step
+    with StopRequest() as stop:
+        while step < cfg_t.num_steps and not stop:
+            t0 = time.perf_counter()
+            local = next(batches)
+            wait_time += time.perf_counter() - t0
+            _report_skipped(local.pop("skipped"), counter)
+            state, metrics = step_fn(state, sharding.to_global(local, mesh))
+            step += 1
+            pending.append(metrics)
+
+            if step % cfg_t.log_every == 0 or step == cfg_t.num_steps or stop:
+                means = {k: float(np.mean(v)) for k, v in jax.device_get(
+                    jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+                now = time.perf_counter()
+                images_per_sec = (step - last_step) * cfg_t.batch_size / (now - last_time)
+                scalars = {f"train/{k}": v for k, v in means.items()}
+                scalars.update({
+                    "perf/images_per_sec": images_per_sec,
+                    "perf/data_wait_fraction": wait_time / (now - last_time),
+                    "data/skipped_files": counter["skipped"],
+                })
+                summary.scalars(step, scalars)
+                shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
+                summary.progress(step, shown, images_per_sec)
+                pending, wait_time, last_time, last_step = [], 0.0, now, step
+            if step % cfg_t.image_every == 0 or step == cfg_t.num_steps:
+                val_metrics, rows = validator(state.g)
+                summary.scalars(step, val_metrics)
+                summary.grid(step, "val_samples", rows)
+                last_time = time.perf_counter()  # validation is not train throughput
+            checkpointer.save(step, state, batches)
+
+    checkpointer.save(step, state, batches, force=True)
+    checkpointer.close()
+    summary.close()
+    if counter["skipped"]:
+        summary.message(f"{counter['skipped']} unusable file(s) were skipped (see warnings)")
+    if stop:
+        command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
+                           + sys.argv[1:])
+        summary.message(
+            f"{stop.signal_name}: stopped at step {step}, checkpoint saved in "
+            f"{checkpointer.directory}.\nResume with: {command}"
+        )
+    else:
+        summary.message(f"done: {step} steps; checkpoints in {checkpointer.directory}")
+    if hasattr(batches, "close"):
+        batches.close()
+    return state
+
+
+def main(argv) -> None:
+    """absl entry point."""
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    config = FLAGS.config
+    workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train(config, workdir)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run directory (default: runs/<experiment>).")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

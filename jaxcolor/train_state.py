@@ -1,0 +1,113 @@
+"""The train state pytree (both networks, their optimisers, step, RNG) and how to build it.
+
+The state holds only arrays, so it can be donated to the jitted step, sharded and checkpointed
+as is; the modules and optax transforms that give the arrays meaning live in ``GAN``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxcolor import models
+from jaxcolor.tasks import Task, get_task
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class NetState:
+    """One network: its parameters, BatchNorm running statistics and optimiser state."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything a train step reads and writes."""
+
+    step: jax.Array
+    g: NetState
+    d: NetState
+    rng: jax.Array  # base key; each step folds in its step number
+
+
+@dataclasses.dataclass(frozen=True)
+class GAN:
+    """The static half of training: modules, optimisers and the task. Built from a config."""
+
+    task: Task
+    generator: nn.Module
+    discriminator: nn.Module
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    g_schedule: optax.Schedule
+    d_schedule: optax.Schedule
+
+
+def lr_schedule(base_lr: float, num_steps: int, decay_start: float) -> optax.Schedule:
+    """Constant ``base_lr`` until ``decay_start * num_steps``, then linear decay to 0 at the end."""
+    start = int(round(decay_start * num_steps))
+    if start >= num_steps:
+        return optax.constant_schedule(base_lr)
+    return optax.join_schedules(
+        [optax.constant_schedule(base_lr), optax.linear_schedule(base_lr, 0.0, num_steps - start)],
+        [start],
+    )
+
+
+def _adam(schedule: optax.Schedule, updates_per_step: int, cfg) -> optax.GradientTransformation:
+    # Adam counts updates; several updates per train step must not make the schedule run faster.
+    return optax.adam(lambda count: schedule(count // updates_per_step), b1=cfg.b1, b2=cfg.b2)
+
+
+def build_gan(config: ml_collections.ConfigDict) -> GAN:
+    """Modules, optimisers and schedules named by the config."""
+    task = get_task(config.data.task)
+    dtype = COMPUTE_DTYPES[config.train.compute_dtype]
+    opt, steps = config.optim, config.train.num_steps
+    g_schedule = lr_schedule(opt.g_lr, steps, opt.decay_start)
+    d_schedule = lr_schedule(opt.d_lr, steps, opt.decay_start)
+    return GAN(
+        task=task,
+        generator=models.build_generator(config.model, task, dtype),
+        discriminator=models.build_discriminator(config.model, task, dtype),
+        g_tx=_adam(g_schedule, opt.g_updates, opt),
+        d_tx=_adam(d_schedule, opt.d_updates, opt),
+        g_schedule=g_schedule,
+        d_schedule=d_schedule,
+    )
+
+
+def init_state(gan: GAN, rng: jax.Array, image_size: int) -> GANState:
+    """Fresh parameters (pix2pix initialisation) and optimiser states for both networks."""
+    g_key, d_key, drop_key, state_key = jax.random.split(rng, 4)
+    cond = jnp.zeros((1, image_size, image_size, gan.task.cond_channels), jnp.float32)
+    target = jnp.zeros((1, image_size, image_size, gan.task.target_channels), jnp.float32)
+    g_vars = gan.generator.init({"params": g_key, "dropout": drop_key}, cond, train=False)
+    d_vars = gan.discriminator.init(d_key, cond, target, train=False)
+
+    def net(variables, tx):
+        params = variables["params"]
+        return NetState(params, variables.get("batch_stats", {}), tx.init(params))
+
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        g=net(g_vars, gan.g_tx),
+        d=net(d_vars, gan.d_tx),
+        rng=state_key,
+    )
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return sum(x.size for x in jax.tree.leaves(params))

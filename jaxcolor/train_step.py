@@ -1,0 +1,117 @@
+"""The one train step every model uses, and the generator's inference step.
+
+Update order per step (pix2pix's): G forward; ``optim.d_updates`` D updates on the detached
+fakes; ``optim.g_updates`` G updates against the updated D. The first G update reuses the
+forward pass through ``jax.vjp``, so the default 1:1 schedule runs G forward only once.
+
+D sees real and generated batches in two separate train-mode passes (each with its own batch
+statistics, as in the reference implementation). When G is updated, D runs in train mode too,
+but its running statistics from that pass are dropped: only D's own update moves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxcolor import losses
+from jaxcolor.train_state import GAN, GANState, NetState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def make_train_step(
+    gan: GAN, config: ml_collections.ConfigDict
+) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
+    """A pure ``(state, batch) -> (state, metrics)`` for ``jax.jit``; metrics are scalars."""
+    loss_cfg, d_updates, g_updates = config.loss, config.optim.d_updates, config.optim.g_updates
+    G, D = gan.generator, gan.discriminator
+
+    def generate(params, batch_stats, cond, rng):
+        out, updates = G.apply(
+            {"params": params, "batch_stats": batch_stats},
+            cond,
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
+        return out, updates["batch_stats"]
+
+    def discriminate(params, batch_stats, cond, image):
+        out, updates = D.apply(
+            {"params": params, "batch_stats": batch_stats},
+            cond,
+            image,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return out, updates["batch_stats"]
+
+    def d_update(d: NetState, cond, target, fake, rng) -> tuple[NetState, Metrics]:
+        def loss_fn(params):
+            fake_out, stats = discriminate(params, d.batch_stats, cond, fake)
+            real_out, stats = discriminate(params, stats, cond, target)
+            loss, metrics = losses.discriminator_loss(rng, real_out, fake_out, loss_cfg)
+            return loss, (stats, metrics)
+
+        grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(d.params)
+        updates, opt_state = gan.d_tx.update(grads, d.opt_state, d.params)
+        return NetState(optax.apply_updates(d.params, updates), stats, opt_state), metrics
+
+    def g_update(g: NetState, d: NetState, cond, target, fake, pullback, stats):
+        def loss_fn(fake):
+            fake_out, _ = discriminate(d.params, d.batch_stats, cond, fake)
+            return losses.generator_loss(fake_out, fake, target, loss_cfg)
+
+        (_, metrics), d_fake = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+        (grads,) = pullback(d_fake)
+        updates, opt_state = gan.g_tx.update(grads, g.opt_state, g.params)
+        return NetState(optax.apply_updates(g.params, updates), stats, opt_state), metrics
+
+    def forward(g: NetState, cond, rng):
+        fake, pullback, stats = jax.vjp(
+            lambda p: generate(p, g.batch_stats, cond, rng), g.params, has_aux=True
+        )
+        return fake, pullback, stats
+
+    def train_step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        cond, target = gan.task.split(batch)
+        rng = jax.random.fold_in(state.rng, state.step)
+        d_keys = jax.random.split(jax.random.fold_in(rng, 0), d_updates)
+        g_keys = jax.random.split(jax.random.fold_in(rng, 1), g_updates)
+
+        fake, pullback, g_stats = forward(state.g, cond, g_keys[0])
+        d, g = state.d, state.g
+        for i in range(d_updates):
+            d, d_metrics = d_update(d, cond, target, jax.lax.stop_gradient(fake), d_keys[i])
+        for j in range(g_updates):
+            if j > 0:
+                fake, pullback, g_stats = forward(g, cond, g_keys[j])
+            g, g_metrics = g_update(g, d, cond, target, fake, pullback, g_stats)
+
+        metrics = {**d_metrics, **g_metrics}
+        metrics["g_lr"] = gan.g_schedule(state.step)
+        metrics["d_lr"] = gan.d_schedule(state.step)
+        new_state = state.replace(step=state.step + 1, g=g, d=d)
+        return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+    return train_step
+
+
+def make_predict(gan: GAN) -> Callable[[NetState, jax.Array, jax.Array], jax.Array]:
+    """``(g_state, cond, rng) -> output`` with G in inference mode (running BN statistics)."""
+
+    def predict(g: NetState, cond: jax.Array, rng: jax.Array) -> jax.Array:
+        return gan.generator.apply(
+            {"params": g.params, "batch_stats": g.batch_stats},
+            cond,
+            train=False,
+            rngs={"dropout": rng},
+        )
+
+    return predict
