@@ -81,6 +81,24 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str | None):
     config.train.log_every = 25
     config.train.image_every = 100
     config.train.checkpoint_every = 100
+    if config.model.generator == "unet":
+        config.model.num_downs = min(config.model.num_downs, _max_downs(64))
+    return config
+
+
+def pix2pix(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Isola et al. 2017: U-Net-256, 70x70 PatchGAN, BCE + 100 L1, Adam 2e-4 (0.5, 0.999),
+    constant learning rate for the first half, then linear decay to 0."""
+    config.model.generator = "unet"
+    config.model.discriminator = "patchgan"
+    config.model.num_downs = 8
+    config.model.n_layers = 3
+    config.loss.adversarial = "bce"
+    config.loss.reconstruction = "l1"
+    config.loss.recon_weight = 100.0
+    config.optim.g_lr = config.optim.d_lr = 2e-4
+    config.optim.decay_start = 0.5
+    config.train.batch_size = 4
     return config
 
 

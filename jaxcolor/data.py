@@ -83,7 +83,7 @@ def _pair_key(path: str) -> str:
     return re.sub(r"_[LR]$", "", stem, flags=re.IGNORECASE)
 
 
-def _held_out(key: str, fraction: float, seed: int) -> float:
+def _held_out(key: str, fraction: float, seed: int) -> bool:
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
@@ -103,22 +103,29 @@ def find_splits(root: str | None, val_fraction: float = 0.1, seed: int = 0) -> d
         if not splits["train"]:
             raise ValueError(f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                              f"under {subdirs['train']!r}")
-        if not splits["validation"]:
-            splits["validation"] = splits["test"]
+        splits["validation"] = splits["validation"] or splits["test"]
+        if splits["validation"]:
+            return splits
+        files = splits["train"]  # Train/ alone: hold out part of it as below
     else:
         files = list_images(root)
         if not files:
             raise ValueError(
                 f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
             )
-        held = [f for f in files if _held_out(_pair_key(f), val_fraction, seed)]
-        if not held and len(files) > 1:
-            # Tiny folders: hold out the pair that hashes lowest, so validation is never empty.
-            first = min(files, key=lambda f: hashlib.sha256(_pair_key(f).encode()).digest())
-            held = [f for f in files if _pair_key(f) == _pair_key(first)]
-        train = [f for f in files if f not in set(held)] or files
-        splits = {"train": train, "validation": held or files, "test": held or files}
-    return splits
+    held = _hold_out(files, val_fraction, seed)
+    train = [f for f in files if f not in held] or files
+    return {"train": train, "validation": sorted(held), "test": sorted(held)}
+
+
+def _hold_out(files: list[str], fraction: float, seed: int) -> set[str]:
+    """Deterministic held-out subset keyed by stereo-pair name; never empty for 2+ files."""
+    held = [f for f in files if _held_out(_pair_key(f), fraction, seed)]
+    if not held and len(files) > 1:
+        # Tiny folders: hold out the pair that hashes lowest, so validation is never empty.
+        first = min(files, key=lambda f: hashlib.sha256(_pair_key(f).encode()).digest())
+        held = [f for f in files if _pair_key(f) == _pair_key(first)]
+    return set(held or files)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -327,8 +334,7 @@ def train_dataset(
     ds = ds.random_map(maker) if augment else ds.map(maker)
     # A few reader threads keep one or two batches ready; Grain's default (16 threads, 500
     # elements) would take the CPU from the train step on small machines.
-    read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size)
-    ds = SkipAndBatch(ds.to_iter_dataset(read), batch_size, max_consecutive=max(len(shard), 16))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size))
     if num_workers > 0:
         from absl import flags
 
@@ -337,6 +343,9 @@ def train_dataset(
             # their defaults instead of failing.
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    # Batch after the workers, in this process, so batches (and the checkpointed iterator
+    # position) do not depend on the worker count.
+    ds = SkipAndBatch(ds, batch_size, max_consecutive=max(len(shard), 16))
     return ds
 
 

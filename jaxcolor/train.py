@@ -228,8 +228,12 @@ def main(argv) -> None:
     """absl entry point."""
     from absl import flags
 
+    from absl import logging as absl_logging
+
     del argv
     FLAGS = flags.FLAGS
+    if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

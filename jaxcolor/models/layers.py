@@ -28,6 +28,9 @@ def batch_norm(train: bool, dtype=jnp.float32) -> nn.BatchNorm:
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
+        # Two-pass variance: E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std, which
+        # made gradients depend on the summation order (device count) by several percent.
+        use_fast_variance=False,
         scale_init=bn_scale_init,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -36,21 +39,27 @@ def batch_norm(train: bool, dtype=jnp.float32) -> nn.BatchNorm:
 
 Conv = functools.partial(nn.Conv, kernel_init=conv_init, param_dtype=jnp.float32)
 
-# Tap t of a 4-tap, stride-2 'SAME' transposed convolution feeds output phase t % 2 from input
-# offset (t % 2 + t) // 2 - 1 (from lax's padding of 2 before, 2 after on the dilated input).
-_PHASE = (0, 1, 0, 1)
-_OFFSET = (0, 1, 1, 2)
+def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``lax.conv_transpose(x, kernel, (2, 2), 'SAME')`` for a 4x4 HWIO kernel, computed as four
+    stride-1 2x2 convolutions, one per output phase, interleaved (depth-to-space).
 
-
-def subpixel_kernel(kernel: jax.Array) -> jax.Array:
-    """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4 * O) stride-1 kernel whose output
-    channels are the four (row phase, column phase) sub-pixel outputs."""
-    kh, kw, cin, cout = kernel.shape
-    out = jnp.zeros((3, 3, cin, 2, 2, cout), kernel.dtype)
-    for t in range(4):
-        for u in range(4):
-            out = out.at[_OFFSET[t], _OFFSET[u], :, _PHASE[t], _PHASE[u], :].set(kernel[t, u])
-    return out.reshape(3, 3, cin, 4 * cout)
+    With lax's 'SAME' padding (2 before and after the dilated input), output row 2q + r takes
+    taps r and r + 2 from input rows q - 1 + r and q + r; likewise for columns.
+    """
+    n, h, w, _ = x.shape
+    pads = ((1, 0), (0, 1))  # phase 0 reads rows q-1, q; phase 1 reads rows q, q+1
+    phases = [
+        [
+            jax.lax.conv_general_dilated(
+                x, kernel[r::2, s::2], (1, 1), (pads[r], pads[s]),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            for s in (0, 1)
+        ]
+        for r in (0, 1)
+    ]
+    y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (n, h, 2, w, 2, c)
+    return y.reshape(n, 2 * h, 2 * w, kernel.shape[-1])
 
 
 class ConvTranspose(nn.Module):
@@ -58,9 +67,9 @@ class ConvTranspose(nn.Module):
     ``flax.linen.ConvTranspose``.
 
     XLA's CPU backend computes the gradient of a transposed convolution very slowly (about 50x
-    its forward pass here), so on CPU the layer runs as the mathematically identical stride-1
-    3x3 convolution into four sub-pixel phases plus a depth-to-space shuffle. Accelerators use
-    the native op, which needs 16/36 of those multiplies.
+    its forward pass here), so on CPU the layer runs as the mathematically identical four
+    sub-pixel 2x2 convolutions (``subpixel_conv_transpose``), same multiply count. Accelerators
+    use the native op.
     """
 
     features: int
@@ -81,13 +90,7 @@ class ConvTranspose(nn.Module):
         x = x.astype(self.dtype)
         subpixel = jax.default_backend() == "cpu" if self.subpixel is None else self.subpixel
         if subpixel:
-            n, h, w, _ = x.shape
-            y = jax.lax.conv_general_dilated(
-                x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
-            y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-            y = y.reshape(n, 2 * h, 2 * w, self.features)
+            y = subpixel_conv_transpose(x, kernel)
         else:
             y = jax.lax.conv_transpose(
                 x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")

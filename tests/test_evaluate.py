@@ -1,0 +1,133 @@
+"""Evaluation: JSON/CSV reports with the gray baseline row, another data folder and step from
+the command line, and ``--compare`` of two runs at different resolutions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import synthetic_photo, write_photos
+from test_inference import tiny_run
+
+from jaxcolor import data, evaluate, metrics
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory) -> str:
+    return tiny_run(tmp_path_factory, "lab_gan", trained=True)
+
+
+@pytest.fixture(scope="module")
+def pix2pix_run(tmp_path_factory) -> str:
+    # Fresh weights at 64x64: the comparison must handle runs at different resolutions.
+    return tiny_run(tmp_path_factory, "pix2pix", trained=False, data__image_size=64)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jaxcolor.evaluate", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
+    report = evaluate.evaluate_run(lab_run, "test")
+    n = report["num_images"]
+    assert n >= 1 and report["step"] == 3 and report["image_size"] == 32
+    stem = os.path.join(lab_run, "eval", "test-3")
+    assert report["outputs"] == [stem + ".json", stem + ".csv"]
+
+    with open(stem + ".json") as f:
+        saved = json.load(f)
+    assert set(saved["metrics"]) == {"model", "gray_baseline"}
+    for row in saved["metrics"].values():
+        assert set(row) == {key for key, _, _ in evaluate.COLUMNS}
+        assert all(v["n"] == n for v in row.values())
+        assert 0.0 <= row["auc"]["mean"] <= 100.0 and row["ssim"]["mean"] <= 1.0
+    assert saved["files"] == report["files"] and len(saved["files"]) == n
+    for curve in ("model", "gray_baseline"):
+        acc = np.asarray(saved["acc_curve"][curve])
+        assert acc.shape == (151,) and np.all(np.diff(acc) >= 0) and acc[-1] <= 1.0
+
+    with open(stem + ".csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * n
+    assert {r["prediction"] for r in rows} == {"model", "gray_baseline"}
+
+    # The gray row is the ab = 0 prediction on the same images, at the model's resolution.
+    maker = data.ExampleMaker(32)
+    truth = np.stack([(maker(f)["rgb"] + 1.0) / 2.0 for f in report["files"]])
+    want = metrics.image_metrics(metrics.gray_baseline(truth), truth)
+    for key, values in want.items():
+        assert saved["metrics"]["gray_baseline"][key]["mean"] == pytest.approx(values.mean(),
+                                                                               abs=1e-3)
+    assert saved["metrics"]["gray_baseline"]["cf"]["mean"] < 0.5
+
+    table = evaluate.report_table(report)
+    assert "| gray (ab = 0) |" in table and f"{os.path.basename(lab_run)} @ 3" in table
+
+
+def test_cli_other_data_dir_step_and_limit(lab_run, tmp_path):
+    root = tmp_path / "flickr"
+    write_photos(str(root / "Train"), 2)
+    test_dir = root / "Test"
+    write_photos(str(test_dir), 3, start=10)
+    gray = cv2.cvtColor(synthetic_photo(3), cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(test_dir / "0000_gray.png"), gray)  # sorted first: skipped, no colour
+    (test_dir / "0001_bad.jpg").write_bytes(b"\xff\xd8 truncated")
+
+    result = _cli("--workdir", lab_run, f"--config.data.dir={root}", "--step", "2",
+                  "--max_images", "2")
+    assert result.returncode == 0, result.stderr
+    assert "| gray (ab = 0) |" in result.stdout and "2 test images" in result.stdout
+    with open(os.path.join(lab_run, "eval", "test-2.json")) as f:
+        saved = json.load(f)
+    assert saved["step"] == 2 and saved["num_images"] == 2 and saved["num_skipped"] == 2
+    assert all(f.startswith(str(test_dir)) for f in saved["files"])
+    assert any("0001_bad.jpg" in r for r in saved["skipped"])
+
+    only_gray = tmp_path / "gray"
+    only_gray.mkdir()
+    cv2.imwrite(str(only_gray / "a.png"), gray)
+    with pytest.raises(ValueError, match="no usable image"):
+        evaluate.evaluate_run(lab_run, "test", data_dir=str(only_gray), write=False)
+
+
+def test_cli_compare_two_runs(lab_run, pix2pix_run, tmp_path):
+    out = tmp_path / "compare"
+    result = _cli("--compare", lab_run, pix2pix_run, "--split", "test", "--out", str(out),
+                  "--num_samples", "2", "--batch_size", "2")
+    assert result.returncode == 0, result.stderr
+    with open(out / "compare-test.json") as f:
+        saved = json.load(f)
+    n = saved["num_images"]
+    assert [r["image_size"] for r in saved["runs"]] == [32, 64]
+    assert all(r["metrics"]["auc"]["n"] == n for r in saved["runs"])
+    assert set(saved["gray_baseline"]) == {"32", "64"}
+    for label in (f"{os.path.basename(lab_run)} @ 3", f"{os.path.basename(pix2pix_run)} @ 1",
+                  "gray (ab = 0) @ 32px", "gray (ab = 0) @ 64px"):
+        assert f"| {label} |" in result.stdout
+    assert (out / "compare-test.md").read_text().count("\n|") == 6  # header, rule, 4 rows
+
+    plot = cv2.imread(str(out / "acc_curves-test.png"))
+    assert plot is not None and plot.shape == (500, 760, 3)
+    grid = cv2.imread(str(out / "samples-test.png"))
+    rows = min(2, n)  # gray input | 2 runs | truth, shown at 128 px
+    assert grid.shape == (22 + rows * 130 + 2, 4 * 130 + 2, 3)
+    # Each run also got its own report, on the same files.
+    for run, step in ((lab_run, 3), (pix2pix_run, 1)):
+        with open(os.path.join(run, "eval", f"test-{step}.json")) as f:
+            assert json.load(f)["files"] == saved["files"]
+
+
+def test_markdown_table_formats_mean_and_interval():
+    summary = metrics.summarize({key: np.array([1.0, 3.0]) for key, _, _ in evaluate.COLUMNS})
+    single = metrics.summarize({key: np.array([2.0]) for key, _, _ in evaluate.COLUMNS})
+    table = evaluate.markdown_table([("a", summary), ("b", single)]).splitlines()
+    assert len(table) == 4 and table[0].startswith("| prediction | n | PSNR")
+    assert "| 2.00 ± 12.71 |" in table[2]  # t(0.975, 1) * 1 = 12.706
+    assert table[3].startswith("| b | 1 | 2.00 | 2.000 |")  # no interval from one image
