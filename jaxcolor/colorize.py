@@ -273,7 +273,7 @@ def _colorize_video(
                 size = frame.shape[1], frame.shape[0]
             elif (frame.shape[1], frame.shape[0]) != size:  # keep the writer's frame size
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-            yield index, colorizer.prepare(data._to_float_rgb(frame, job.path))
+            yield index, colorizer.prepare(data.to_float_rgb(frame, job.path))
             index += 1
 
     written = 0

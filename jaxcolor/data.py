@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import cv2
 import grain
@@ -141,7 +141,7 @@ def _sample_photo(name: str) -> np.ndarray:
     return getattr(skimage.data, name)()
 
 
-def _to_float_rgb(image: np.ndarray, path: str) -> np.ndarray:
+def to_float_rgb(image: np.ndarray, path: str) -> np.ndarray:
     """OpenCV's decoded array (BGR/BGRA/gray, 8/16-bit/float) -> float32 RGB in [0, 1]."""
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255.0
@@ -190,7 +190,7 @@ def decode(path: str) -> np.ndarray:
 
 def load_rgb(path: str) -> np.ndarray:
     """Decodes ``path`` (or a ``skimage:<name>`` sample) to float32 RGB in [0, 1], (H, W, 3)."""
-    return _to_float_rgb(decode(path), path)
+    return to_float_rgb(decode(path), path)
 
 
 def is_grayscale(rgb: np.ndarray, tolerance: float = GRAYSCALE_TOLERANCE) -> bool:
@@ -224,7 +224,7 @@ class ExampleMaker:
         try:
             # Resize first, in the file's own depth: far cheaper than converting every pixel of
             # a large photo to float.
-            rgb = _to_float_rgb(self.resize(decode(path), rng if self.augment else None), path)
+            rgb = to_float_rgb(self.resize(decode(path), rng if self.augment else None), path)
             if self.skip_grayscale and is_grayscale(rgb):
                 raise BadImageError(f"{path}: grayscale source (no colour to learn)")
         except BadImageError as e:

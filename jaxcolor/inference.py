@@ -19,6 +19,7 @@ host recombines the previous one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -87,7 +88,11 @@ def lab_to_rgb_in_gamut(lab: np.ndarray) -> np.ndarray:
     Each out-of-gamut pixel keeps its L and hue; its a, b are scaled by (nearly) the largest
     factor in [0, 1] that brings it inside sRGB (neutral gray is inside for L in [0, 100]).
     """
-    lab = np.array(lab, np.float32)
+    return _fit_gamut(np.array(lab, np.float32))
+
+
+def _fit_gamut(lab: np.ndarray) -> np.ndarray:
+    """``lab_to_rgb_in_gamut`` on a float32 array it may modify."""
     bad = ~_in_gamut(lab[..., 0], lab[..., 1], lab[..., 2])
     if bad.any():
         pixels = lab[bad]  # (M, 3): only the pixels that need it enter the search
@@ -117,8 +122,10 @@ def recombine(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
     The chroma is resized to (H, W); L is used as is, so the output keeps the input's detail.
     """
     height, width = lightness.shape
-    ab = resize(np.asarray(ab, np.float32), width, height)
-    return lab_to_rgb_in_gamut(np.concatenate([lightness[..., None], ab], axis=-1))
+    lab = np.empty((height, width, 3), np.float32)
+    lab[..., 0] = lightness
+    lab[..., 1:] = resize(np.asarray(ab, np.float32), width, height)
+    return _fit_gamut(lab)
 
 
 # ----------------------------------------------------------------------------- runs & steps
@@ -298,24 +305,27 @@ class Colorizer:
 
         def finish(batch, out, cond):
             nonlocal previous
-            ab = self._chroma(out, cond, len(batch))
-            results = []
-            for (key, prepared), chroma in zip(batch, ab, strict=True):
+            chromas = []
+            for chroma in self._chroma(out, cond, len(batch)):
                 if temporal_smoothing > 0.0 and previous is not None:
                     chroma = (1.0 - temporal_smoothing) * chroma + temporal_smoothing * previous
-                previous = chroma
-                results.append((key, recombine(prepared.lightness, chroma)))
-            return results
+                chromas.append(previous := chroma)
+            # Full-size recombination is the host's heavy part; NumPy and OpenCV release the
+            # GIL, so threads recombine the images of a batch in parallel.
+            rgbs = pool.map(recombine, [p.lightness for _, p in batch], chromas)
+            return [(key, rgb) for (key, _), rgb in zip(batch, rgbs, strict=True)]
 
-        pending = None
-        for batch in chunked(items, self.batch_size):
-            out, cond = self._dispatch(np.stack([p.small_rgb for _, p in batch]))
-            # The device works on this batch while the host recombines the previous one.
+        workers = max(1, min(self.batch_size, os.cpu_count() or 1))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending = None
+            for batch in chunked(items, self.batch_size):
+                out, cond = self._dispatch(np.stack([p.small_rgb for _, p in batch]))
+                # The device works on this batch while the host recombines the previous one.
+                if pending is not None:
+                    yield from finish(*pending)
+                pending = (batch, out, cond)
             if pending is not None:
                 yield from finish(*pending)
-            pending = (batch, out, cond)
-        if pending is not None:
-            yield from finish(*pending)
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

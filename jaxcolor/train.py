@@ -83,6 +83,8 @@ class Validator:
     def __call__(self, g_state) -> tuple[dict[str, float], list[list[np.ndarray]]]:
         """Mean validation losses and grid rows (gray input | generated | ground truth)."""
         task, rows, sq, ab = self.gan.task, [], [], []
+        if not self.batches:
+            return {}, []
         for batch in self.batches:
             device_batch = sharding.to_global(_local_slice(batch), self.mesh)
             out = np.asarray(self._predict(g_state, device_batch))  # replicated: no gather
@@ -162,6 +164,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     validator = Validator(gan, config, splits["validation"], mesh)
     counter = {"skipped": 0}
     _report_skipped(validator.skipped, counter)
+    if not validator.batches:
+        log.warning("no usable validation image: validation loss and sample grids are off")
 
     step_fn = jax.jit(
         make_train_step(gan, config),
@@ -201,7 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             if step % cfg_t.image_every == 0 or step == cfg_t.num_steps:
                 val_metrics, rows = validator(state.g)
                 summary.scalars(step, val_metrics)
-                summary.grid(step, "val_samples", rows)
+                if rows:
+                    summary.grid(step, "val_samples", rows)
                 last_time = time.perf_counter()  # validation is not train throughput
             checkpointer.save(step, state, batches)
 
@@ -227,7 +232,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
 def main(argv) -> None:
     """absl entry point."""
     from absl import flags
-
     from absl import logging as absl_logging
 
     del argv

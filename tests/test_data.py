@@ -328,7 +328,7 @@ def test_to_float_rgb_two_channel_gray_alpha():
     """OpenCV 5 decodes gray+alpha PNG/WebP as BGRA (above) and drops alpha of gray+alpha
     TIFFs, so the 2-channel branch is only reachable directly; it must still composite."""
     la = np.array([[[100, 0], [100, 128], [100, 255]]], np.uint8)
-    out = data._to_float_rgb(la, "x.png")
+    out = data.to_float_rgb(la, "x.png")
     assert out.shape == (1, 3, 3)
     a = 128 / 255
     np.testing.assert_allclose(out[0, :, 0], [1.0, 100 / 255 * a + 1 - a, 100 / 255], atol=1e-6)

@@ -3,7 +3,6 @@ fixed-batch prediction, any-resolution recombination keeping L, gamut fitting, s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -11,22 +10,17 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import write_photos
+from conftest import load_experiment, write_photos
 
 from jaxcolor import colour, data, inference
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.train_state import build_gan, init_state
 
-EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
-
 
 # Also used by test_evaluate.py and test_colorize.py: runs are cached per session under the
 # pytest base temp, so the three files train the shared run once when run together.
 def _config(experiment: str, photos: str, **overrides):
-    spec = importlib.util.spec_from_file_location(experiment, f"{EXPERIMENTS}/{experiment}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("quick")
+    c = load_experiment(experiment, "quick")
     c.data.dir, c.data.image_size, c.data.num_workers, c.data.num_val_images = photos, 32, 0, 2
     c.train.num_steps, c.train.batch_size, c.train.log_every = 3, 2, 1
     c.train.image_every, c.train.checkpoint_every = 100, 2

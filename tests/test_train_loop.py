@@ -1,0 +1,164 @@
+"""The trainer end to end: resume equality, CLI runs, signals, config errors."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, tiny_config
+
+from jaxcolor import config as config_lib
+from jaxcolor.train import train
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _leaves(state):
+    return jax.tree.leaves(jax.device_get((state.g, state.d, state.step)))
+
+
+def test_resume_gives_the_same_parameters_and_batches(photo_dir, tmp_path):
+    straight = tiny_config("lab_gan", photo_dir, num_steps=6, checkpoint_every=3)
+    full = train(straight, str(tmp_path / "straight"))
+
+    first = tiny_config("lab_gan", photo_dir, num_steps=3, checkpoint_every=3)
+    train(first, str(tmp_path / "resumed"))
+    second = tiny_config("lab_gan", photo_dir, num_steps=6, checkpoint_every=3)
+    resumed = train(second, str(tmp_path / "resumed"))
+
+    assert int(resumed.step) == int(full.step) == 6
+    for a, b in zip(_leaves(full), _leaves(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Parameters depend on every batch seen, but check the data position directly too.
+    assert _checkpoint_steps(tmp_path / "resumed") == [3, 6]
+    data_state = lambda run: open(  # noqa: E731
+        glob.glob(str(tmp_path / run / "checkpoints/6/data/*.json"))[0]).read()
+    assert data_state("straight") == data_state("resumed")
+
+
+def test_training_changes_outputs_and_keeps_newest_checkpoints(photo_dir, tmp_path):
+    config = tiny_config("lab_gan", photo_dir, num_steps=4, checkpoint_every=1, keep_checkpoints=2)
+    state = train(config, str(tmp_path / "run"))
+    assert int(state.step) == 4
+    assert _checkpoint_steps(tmp_path / "run") == [3, 4]
+    assert not glob.glob(str(tmp_path / "run/checkpoints/*tmp*"))
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.num_steps", -1, "train.num_steps"),
+        ("data.image_size", 30, "data.image_size"),
+        ("train.batch_size", 0, "train.batch_size"),
+        ("optim.d_updates", 0, "optim.d_updates"),
+        ("data.task", "hsv", "data.task"),
+        ("model.generator", "resnet", "model.generator"),
+    ],
+)
+def test_invalid_values_fail_naming_the_key(key, value, message):
+    config = tiny_config("pix2pix_lab", None)
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        config_lib.validate(config)
+
+
+def test_batch_not_divisible_by_devices_fails_clearly():
+    config = tiny_config("lab_gan", None)
+    config.train.batch_size = 6
+    with pytest.raises(ValueError, match=r"train\.batch_size.*device count \(4\)"):
+        config_lib.validate(config, num_devices=4)
+
+
+def test_unet_depth_checked_against_image_size():
+    config = tiny_config("pix2pix", None, image_size=48)
+    config.model.num_downs = 5
+    with pytest.raises(ValueError, match=r"model\.num_downs.*num_downs <= 4"):
+        config_lib.validate(config)
+
+
+def _cli(args, workdir, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxcolor.train", *args, f"--workdir={workdir}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600, **kwargs,
+    )
+
+
+TINY_FLAGS = [
+    "--config.data.image_size=32", "--config.train.batch_size=4", "--config.train.num_steps=3",
+    "--config.train.log_every=1", "--config.train.image_every=3", "--config.data.num_workers=0",
+    "--config.data.num_val_images=2",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["lab_gan", "pix2pix", "pix2pix_lab"])
+def test_cli_run_writes_checkpoint_events_and_samples(experiment, photo_dir, tmp_path):
+    workdir = tmp_path / experiment
+    extra = ["--config.model.num_downs=5"] if experiment.startswith("pix2pix") else []
+    result = _cli([f"--config=experiments/{experiment}.py", f"--config.data.dir={photo_dir}",
+                   *TINY_FLAGS, *extra], workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "params" in out and "1 device(s)" in out, out
+    assert os.path.isdir(workdir / "checkpoints" / "3")
+    assert glob.glob(str(workdir / "events.out.tfevents.*"))
+    assert glob.glob(str(workdir / "samples" / "val_samples_0000003.png"))
+    assert os.path.isfile(workdir / "config.json")
+
+
+def test_cli_unknown_key_fails_before_work(tmp_path):
+    result = _cli(["--config=experiments/lab_gan.py", "--config.train.num_stepz=3"],
+                  tmp_path / "w")
+    assert result.returncode != 0
+    assert "num_stepz" in result.stderr
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_cli_invalid_value_fails_naming_the_key(tmp_path):
+    result = _cli(["--config=experiments/lab_gan.py", "--config.data.image_size=30"],
+                  tmp_path / "w")
+    assert result.returncode != 0
+    assert "data.image_size" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_that_resumes(photo_dir, tmp_path):
+    workdir = tmp_path / "run"
+    flags = ["--config=experiments/lab_gan.py", f"--config.data.dir={photo_dir}", *TINY_FLAGS,
+             "--config.train.num_steps=100000", "--config.train.image_every=100000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxcolor.train", *flags, f"--workdir={workdir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    lines = []
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until training runs (a progress line per step)
+        lines.append(line)
+        progress = re.match(r"\[\s*(\d+)/100000", line)
+        if (progress and int(progress.group(1)) >= 2) or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "SIGTERM: stopped at step" in output and "Resume with:" in output, output
+    stopped = int(output.split("stopped at step ")[1].split(",")[0])
+    assert stopped >= 2
+    assert os.path.isdir(workdir / "checkpoints" / str(stopped))
+
+    resumed = _cli(flags[:-2] + ["--config.train.num_steps=" + str(stopped + 1)], workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from step {stopped}" in resumed.stdout
+    assert os.path.isdir(workdir / "checkpoints" / str(stopped + 1))
