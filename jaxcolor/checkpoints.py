@@ -3,10 +3,14 @@
 Each checkpoint is a step folder with two items: ``state`` (the ``GANState`` pytree) and
 ``data`` (this process's Grain iterator position). Orbax writes into a temporary folder and
 renames it when complete, so an interrupted save never leaves a checkpoint that looks valid.
+
+Retention: the newest ``keep`` checkpoints, plus the best one by a validation metric, recorded in
+``best_step.json`` (``{"step", "metric", "value"}``) once that checkpoint is on disk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -14,18 +18,58 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+BEST_STEP_FILE = "best_step.json"
+
 
 class Checkpointer:
-    """Saves every ``every`` steps (and when forced), keeps the newest ``keep``; restores latest."""
+    """Saves every ``every`` steps (and when forced), keeps the newest ``keep`` and the best;
+    restores the latest."""
 
-    def __init__(self, directory: str, *, every: int, keep: int):
+    def __init__(self, directory: str, *, every: int, keep: int, is_main: bool = True):
         self.directory = os.path.abspath(directory)
         self.every = every
+        self.keep = keep
+        self.is_main = is_main
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(create=True),  # retention is ours, see _prune
             item_names=("state", "data"),
         )
+        self.best = self._read_best()
+
+    def _read_best(self) -> dict | None:
+        path = os.path.join(self.directory, BEST_STEP_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def is_better(self, value: float, mode: str) -> bool:
+        """Whether ``value`` beats the recorded best (``mode`` is 'max' or 'min')."""
+        if self.best is None:
+            return True
+        return value > self.best["value"] if mode == "max" else value < self.best["value"]
+
+    def save_best(self, step: int, state: Any, data_iter: Any, metric: str, value: float):
+        """Saves ``step`` (if not saved yet) and records it as the best checkpoint."""
+        self.save(step, state, data_iter, force=True)
+        self.wait()  # the record must never name a checkpoint that is not complete
+        self.best = {"step": step, "metric": metric, "value": float(value)}
+        if self.is_main:
+            tmp = os.path.join(self.directory, BEST_STEP_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(self.best, f)
+            os.replace(tmp, os.path.join(self.directory, BEST_STEP_FILE))
+        self._prune()
+
+    def _prune(self) -> None:
+        steps = sorted(self._manager.all_steps())
+        keep = set(steps[-self.keep:])
+        if self.best is not None:
+            keep.add(self.best["step"])
+        for step in steps:
+            if step not in keep:
+                self._manager.delete(step)
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -37,14 +81,16 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iter: Any | None, *, force: bool = False) -> bool:
         """Saves at ``step`` when it is due (or ``force``); returns whether it saved."""
-        if not force and (step % self.every != 0 or step in self._manager.all_steps()):
+        if not force and step % self.every != 0:
             return False
         if step in self._manager.all_steps():
             return False
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._prune()
+        return saved
 
     def restore(self, state_like: Any, data_iter: Any | None, step: int | None = None) -> Any:
         """The state at ``step`` (default latest) laid out like ``state_like``; moves

@@ -13,6 +13,12 @@ from jaxcolor.losses import ADVERSARIAL, RECONSTRUCTION
 from jaxcolor.tasks import TASKS
 from jaxcolor.train_state import COMPUTE_DTYPES
 
+# Validation metrics that can choose the best checkpoint, and which way is better.
+BEST_METRIC_MODES = {
+    "auc": "max", "psnr": "max", "ssim": "max", "pixel_acc": "max", "dcf": "min",
+    "l1": "min", "mse": "min",
+}
+
 
 def base_config() -> ml_collections.ConfigDict:
     """All keys with defaults; values follow pix2pix unless an experiment says otherwise."""
@@ -63,7 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
     c.train.log_every = 50
-    c.train.image_every = 1000  # sample grids and validation loss
+    c.train.image_every = 1000  # sample grids
+    c.train.eval_every = 1000  # validation losses and metrics (PSNR, SSIM, AuC, ...)
+    c.train.best_metric = "auc"  # validation metric that picks the kept best checkpoint
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
     return c
@@ -80,9 +88,10 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str | None):
     config.train.num_steps = 300
     config.train.log_every = 25
     config.train.image_every = 100
+    config.train.eval_every = 100
     config.train.checkpoint_every = 100
     if config.model.generator == "unet":
-        config.model.num_downs = min(config.model.num_downs, _max_downs(64))
+        config.model.num_downs = min(config.model.num_downs, max_downs(64))
     return config
 
 
@@ -111,8 +120,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
     """Raises ValueError naming the first key whose value cannot work."""
     d, m, t, o, lo = config.data, config.model, config.train, config.optim, config.loss
     _check(d.task in TASKS, "data.task", d.task, f"one of {sorted(TASKS)}")
-    _check(d.image_size > 0 and d.image_size % 4 == 0, "data.image_size", d.image_size,
-           "a positive multiple of 4")
+    _check(d.image_size >= 16 and d.image_size % 4 == 0, "data.image_size", d.image_size,
+           "a multiple of 4, at least 16")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
     _check(d.num_val_images >= 1, "data.num_val_images", d.num_val_images, ">= 1")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in (0, 1)")
@@ -124,7 +133,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
         _check(m.num_downs >= 5, "model.num_downs", m.num_downs, ">= 5 (U-Net-256 uses 8)")
         _check(d.image_size % 2**m.num_downs == 0, "model.num_downs", m.num_downs,
                f"data.image_size={d.image_size} must be divisible by 2**num_downs; "
-               f"use num_downs <= {_max_downs(d.image_size)}")
+               f"use num_downs <= {max_downs(d.image_size)}")
     if m.discriminator == "patchgan":
         _check(d.image_size >= 2 ** (m.n_layers + 2), "model.n_layers", m.n_layers,
                f"too deep for data.image_size={d.image_size}")
@@ -151,11 +160,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
            f"divisible by the process count ({num_processes})")
     _check(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
            f"one of {sorted(COMPUTE_DTYPES)}")
-    for key in ("log_every", "image_every", "checkpoint_every", "keep_checkpoints"):
+    _check(t.best_metric in BEST_METRIC_MODES, "train.best_metric", t.best_metric,
+           f"one of {sorted(BEST_METRIC_MODES)}")
+    for key in ("log_every", "image_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         _check(t[key] >= 1, f"train.{key}", t[key], ">= 1")
 
 
-def _max_downs(image_size: int) -> int:
+def max_downs(image_size: int) -> int:
+    """The most times ``image_size`` halves exactly (the deepest U-Net it allows)."""
     n = 0
     while image_size % 2 ** (n + 1) == 0:
         n += 1

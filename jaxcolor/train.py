@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import config as config_lib
-from jaxcolor import data, sharding
+from jaxcolor import data, metrics, sharding
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.summary import Summary
 from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
@@ -63,7 +63,7 @@ def _local_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Validator:
-    """Validation loss and the sample grid on a fixed set of validation images."""
+    """Validation losses, image metrics and the sample grid on fixed validation images."""
 
     def __init__(self, gan: GAN, config: ml_collections.ConfigDict, files: list[str], mesh):
         self.gan, self.mesh = gan, mesh
@@ -81,8 +81,9 @@ class Validator:
         )
 
     def __call__(self, g_state) -> tuple[dict[str, float], list[list[np.ndarray]]]:
-        """Mean validation losses and grid rows (gray input | generated | ground truth)."""
-        task, rows, sq, ab = self.gan.task, [], [], []
+        """Mean validation losses and metrics (``val/<name>``) and grid rows
+        (gray input | generated | ground truth)."""
+        task, rows, sq, ab, per_image = self.gan.task, [], [], [], []
         if not self.batches:
             return {}, []
         for batch in self.batches:
@@ -95,9 +96,11 @@ class Validator:
             truth = (batch["rgb"] + 1.0) / 2.0
             gray, pred = task.cond_to_rgb(cond), task.to_rgb(cond, out)
             rows += [[gray[i], pred[i], truth[i]] for i in np.flatnonzero(valid)]
-        metrics = {"val/mse": float(np.concatenate(sq).mean()),
-                   "val/l1": float(np.concatenate(ab).mean())}
-        return metrics, rows
+            per_image.append(metrics.image_metrics(pred[valid], truth[valid]))
+        means = {k: float(np.mean(np.concatenate([p[k] for p in per_image])))
+                 for k in per_image[0]}
+        means.update(mse=float(np.concatenate(sq).mean()), l1=float(np.concatenate(ab).mean()))
+        return {f"val/{k}": v for k, v in means.items()}, rows
 
 
 def _report_skipped(reasons: np.ndarray, counter: dict[str, int]) -> None:
@@ -156,7 +159,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         os.path.join(workdir, "checkpoints"),
         every=cfg_t.checkpoint_every,
         keep=cfg_t.keep_checkpoints,
+        is_main=is_main,
     )
+    best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, batches)
         summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
@@ -202,11 +207,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                 shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
                 summary.progress(step, shown, images_per_sec)
                 pending, wait_time, last_time, last_step = [], 0.0, now, step
-            if step % cfg_t.image_every == 0 or step == cfg_t.num_steps:
+            grid_due = step % cfg_t.image_every == 0 or step == cfg_t.num_steps
+            if grid_due or step % cfg_t.eval_every == 0:
                 val_metrics, rows = validator(state.g)
                 summary.scalars(step, val_metrics)
-                if rows:
+                if grid_due and rows:
                     summary.grid(step, "val_samples", rows)
+                value = val_metrics.get(f"val/{cfg_t.best_metric}")
+                if value is not None and checkpointer.is_better(value, best_mode):
+                    checkpointer.save_best(step, state, batches, cfg_t.best_metric, value)
                 last_time = time.perf_counter()  # validation is not train throughput
             checkpointer.save(step, state, batches)
 

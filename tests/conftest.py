@@ -65,6 +65,7 @@ def tiny_config(name: str, data_dir: str | None, image_size: int = 32, **train):
     config.train.num_steps = 3
     config.train.log_every = 1
     config.train.image_every = 1000
+    config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
     for key, value in train.items():
         config.train[key] = value

@@ -110,9 +110,15 @@ def test_step_selection(lab_run, tmp_path):
     assert inference.load_run(lab_run, step="latest").step == 3
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 \(have \[2, 3\]\)"):
         inference.load_run(lab_run, step=7)
-    with pytest.raises(FileNotFoundError, match="best_step.json"):
-        inference.load_run(lab_run, step="best")
+    # The trainer records its best checkpoint (validation AuC, evaluated at the last step).
+    with open(os.path.join(lab_run, "checkpoints", inference.BEST_STEP_FILE)) as f:
+        recorded = json.load(f)
+    assert recorded["metric"] == "auc"
+    assert inference.load_run(lab_run, step="best").step == recorded["step"] == 3
     run = shutil.copytree(lab_run, tmp_path / "run")
+    os.remove(run / "checkpoints" / inference.BEST_STEP_FILE)
+    with pytest.raises(FileNotFoundError, match="best_step.json"):
+        inference.load_run(str(run), step="best")
     with open(run / "checkpoints" / inference.BEST_STEP_FILE, "w") as f:
         json.dump({"step": 2, "metric": "val/l1", "value": 0.1}, f)
     assert inference.load_run(str(run), step="best").step == 2

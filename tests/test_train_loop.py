@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import signal
@@ -22,6 +23,25 @@ from jaxcolor.train import train
 def _checkpoint_steps(workdir) -> list[int]:
     names = os.listdir(os.path.join(workdir, "checkpoints"))
     return sorted(int(n) for n in names if n.isdigit())
+
+
+def _scalars(workdir, tag: str) -> dict[int, float]:
+    """Scalar values logged under ``tag``, by step, read back from the TensorBoard event file."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    values = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        with open(path, "rb") as f:
+            while header := f.read(12):
+                (length,) = struct.unpack("<Q", header[:8])
+                event = event_pb2.Event.FromString(f.read(length))
+                f.read(4)
+                for v in event.summary.value:
+                    if v.tag == tag:
+                        values[event.step] = v.simple_value
+    return values
 
 
 def _leaves(state):
@@ -47,12 +67,22 @@ def test_resume_gives_the_same_parameters_and_batches(photo_dir, tmp_path):
     assert data_state("straight") == data_state("resumed")
 
 
-def test_training_changes_outputs_and_keeps_newest_checkpoints(photo_dir, tmp_path):
-    config = tiny_config("lab_gan", photo_dir, num_steps=4, checkpoint_every=1, keep_checkpoints=2)
+def test_keeps_newest_checkpoints_and_the_best(photo_dir, tmp_path):
+    # Lowest validation L1 is best; steps 1..5 are evaluated, checkpoints kept: newest 2 + best.
+    config = tiny_config("lab_gan", photo_dir, num_steps=5, checkpoint_every=1,
+                         keep_checkpoints=2, eval_every=1, best_metric="l1")
     state = train(config, str(tmp_path / "run"))
-    assert int(state.step) == 4
-    assert _checkpoint_steps(tmp_path / "run") == [3, 4]
+    assert int(state.step) == 5
+    with open(tmp_path / "run/checkpoints/best_step.json") as f:
+        best = json.load(f)
+    assert best["metric"] == "l1" and 1 <= best["step"] <= 5
+    assert _checkpoint_steps(tmp_path / "run") == sorted({4, 5, best["step"]})
     assert not glob.glob(str(tmp_path / "run/checkpoints/*tmp*"))
+    # The recorded value is the best of the logged validation values.
+    values = _scalars(tmp_path / "run", "val/l1")
+    assert len(values) == 5
+    assert best["value"] == pytest.approx(min(values.values()), rel=1e-6)
+    assert best["step"] == min(values, key=values.get)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +167,8 @@ def test_cli_invalid_value_fails_naming_the_key(tmp_path):
 def test_sigterm_saves_a_checkpoint_that_resumes(photo_dir, tmp_path):
     workdir = tmp_path / "run"
     flags = ["--config=experiments/lab_gan.py", f"--config.data.dir={photo_dir}", *TINY_FLAGS,
-             "--config.train.num_steps=100000", "--config.train.image_every=100000"]
+             "--config.train.num_steps=100000", "--config.train.image_every=100000",
+             "--config.train.eval_every=100000"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "jaxcolor.train", *flags, f"--workdir={workdir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
