@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 
 import cv2
+import jax
 import numpy as np
 import pytest
+
+from jaxcolor.checkpoints import Checkpointer
+from jaxcolor.train_state import build_gan, init_state
 
 
 def synthetic_photo(seed: int, height: int = 48, width: int = 56) -> np.ndarray:
@@ -70,3 +74,65 @@ def tiny_config(name: str, data_dir: str | None, image_size: int = 32, **train):
     for key, value in train.items():
         config.train[key] = value
     return config
+
+
+# Runs shared by the inference, evaluation and colorize tests, cached under the pytest base temp
+# so they are trained once per session (per xdist worker).
+def _run_config(experiment: str, photos: str, **overrides):
+    c = load_experiment(experiment, "quick")
+    c.data.dir, c.data.image_size, c.data.num_workers, c.data.num_val_images = photos, 32, 0, 2
+    c.train.num_steps, c.train.batch_size, c.train.log_every = 3, 2, 1
+    c.train.image_every, c.train.checkpoint_every = 100, 2
+    if c.model.generator == "unet":
+        c.model.num_downs, c.model.ngf, c.model.ndf = 5, 8, 8
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return c
+
+
+def tiny_run(factory, experiment: str, trained: bool, **overrides) -> str:
+    """A tiny run: trained with ``train()``, or (``trained=False``) fresh weights saved with the
+    trainer's Checkpointer at step 1, which costs no train-step compile."""
+    root = factory.getbasetemp()
+    photos = str(root / "jaxcolor_photos")
+    if not os.path.isdir(photos):
+        write_photos(photos, 12)
+    tag = "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    workdir = str(root / f"jaxcolor_run_{experiment}_{int(trained)}_{tag}")
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return workdir
+    config = _run_config(experiment, photos, **overrides)
+    if trained:
+        from jaxcolor.train import train
+
+        train(config, workdir)
+    else:
+        # Random weights drawn on the host: compiling the U-Net's init costs ~15 s on CPU.
+        gan = build_gan(config)
+        rng = np.random.default_rng(1)
+        abstract = jax.eval_shape(
+            lambda k: init_state(gan, k, config.data.image_size), jax.random.PRNGKey(1))
+
+        def fill(path, leaf):
+            name = jax.tree_util.keystr(path)
+            if not np.issubdtype(leaf.dtype, np.floating):
+                return np.zeros(leaf.shape, leaf.dtype)
+            if "'var'" in name or "'scale'" in name:
+                return np.ones(leaf.shape, leaf.dtype)
+            return rng.normal(0.0, 0.02, leaf.shape).astype(leaf.dtype)
+
+        state = jax.tree_util.tree_map_with_path(fill, abstract)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1)
+        checkpointer.save(1, state, None, force=True)
+        checkpointer.close()
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory) -> str:
+    """A LAB GAN run trained for 3 steps at 32 px (checkpoints at steps 2 and 3)."""
+    return tiny_run(tmp_path_factory, "lab_gan", trained=True)

@@ -11,14 +11,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import synthetic_photo
-from test_inference import tiny_run
 
 from jaxcolor import colorize, colour, data, inference
-
-
-@pytest.fixture(scope="module")
-def lab_run(tmp_path_factory) -> str:
-    return tiny_run(tmp_path_factory, "lab_gan", trained=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import synthetic_photo, write_photos
-from test_inference import tiny_run
+from conftest import synthetic_photo, tiny_run, write_photos
 
 from jaxcolor import data, evaluate, metrics
-
-
-@pytest.fixture(scope="module")
-def lab_run(tmp_path_factory) -> str:
-    return tiny_run(tmp_path_factory, "lab_gan", trained=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,72 +10,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import load_experiment, write_photos
+from conftest import tiny_run
 
 from jaxcolor import colour, data, inference
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.train_state import build_gan, init_state
-
-
-# Also used by test_evaluate.py and test_colorize.py: runs are cached per session under the
-# pytest base temp, so the three files train the shared run once when run together.
-def _config(experiment: str, photos: str, **overrides):
-    c = load_experiment(experiment, "quick")
-    c.data.dir, c.data.image_size, c.data.num_workers, c.data.num_val_images = photos, 32, 0, 2
-    c.train.num_steps, c.train.batch_size, c.train.log_every = 3, 2, 1
-    c.train.image_every, c.train.checkpoint_every = 100, 2
-    if c.model.generator == "unet":
-        c.model.num_downs, c.model.ngf, c.model.ndf = 5, 8, 8
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        c[section][name] = value
-    return c
-
-
-def tiny_run(factory, experiment: str, trained: bool, **overrides) -> str:
-    """A tiny run: trained with ``train()``, or (``trained=False``) fresh weights saved with the
-    trainer's Checkpointer at step 1, which costs no train-step compile."""
-    root = factory.getbasetemp()
-    photos = str(root / "jaxcolor_photos")
-    if not os.path.isdir(photos):
-        write_photos(photos, 12)
-    tag = "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    workdir = str(root / f"jaxcolor_run_{experiment}_{int(trained)}_{tag}")
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return workdir
-    config = _config(experiment, photos, **overrides)
-    if trained:
-        from jaxcolor.train import train
-
-        train(config, workdir)
-    else:
-        # Random weights drawn on the host: compiling the U-Net's init costs ~15 s on CPU.
-        gan = build_gan(config)
-        rng = np.random.default_rng(1)
-        abstract = jax.eval_shape(
-            lambda k: init_state(gan, k, config.data.image_size), jax.random.PRNGKey(1))
-
-        def fill(path, leaf):
-            name = jax.tree_util.keystr(path)
-            if not np.issubdtype(leaf.dtype, np.floating):
-                return np.zeros(leaf.shape, leaf.dtype)
-            if "'var'" in name or "'scale'" in name:
-                return np.ones(leaf.shape, leaf.dtype)
-            return rng.normal(0.0, 0.02, leaf.shape).astype(leaf.dtype)
-
-        state = jax.tree_util.tree_map_with_path(fill, abstract)
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1)
-        checkpointer.save(1, state, None, force=True)
-        checkpointer.close()
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def lab_run(tmp_path_factory) -> str:
-    return tiny_run(tmp_path_factory, "lab_gan", trained=True)
 
 
 @pytest.fixture(scope="module")
