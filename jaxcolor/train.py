@@ -4,6 +4,16 @@ Flags: ``--config`` (an ml_collections config file; ``file.py:quick`` passes ``q
 ``get_config``), ``--config.a.b=v`` overrides, ``--workdir`` (default ``runs/<experiment>``).
 A run resumes from the newest checkpoint in its work dir. SIGINT/SIGTERM finish the current step,
 save a checkpoint and exit 0.
+
+Multi-host (JAX's multi-controller runtime; one ``python -m jaxcolor.train`` per host, all with
+the same flags): ``--distributed`` calls ``jax.distributed.initialize()`` with no arguments, which
+auto-detects TPU pods, SLURM (srun) and other supported clusters; anywhere else pass
+``--coordinator_address=host:port --num_processes=N --process_id=i`` (this implies
+``--distributed``). Each process reads only its shard of the training files and feeds its slice
+of every global batch; process 0 alone writes TensorBoard, PNG samples, config.json and the
+console; all processes save and restore the Orbax checkpoints together (each its own iterator
+state). A stop signal is agreed by all processes every ``train.log_every`` steps (see
+``_agree_stop``), so they stop, and save, at the same step.
 """
 
 from __future__ import annotations
@@ -103,6 +113,39 @@ class Validator:
         return {f"val/{k}": v for k, v in means.items()}, rows
 
 
+def init_distributed(distributed: bool = False, coordinator_address: str | None = None,
+                     num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Starts JAX's multi-controller runtime when asked; must run before any other JAX call.
+
+    ``coordinator_address`` (with ``num_processes`` and ``process_id``) is the explicit form for
+    clusters JAX does not detect; ``distributed`` alone auto-detects (TPU VMs, SLURM, ...).
+    On CPU, cross-process collectives use Gloo (the default of
+    ``jax_cpu_collectives_implementation``).
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if not distributed and all(v is None for v in explicit):
+        return
+    if coordinator_address is not None and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+
+
+def _agree_stop(local_stop: bool) -> bool:
+    """Whether any process was asked to stop (a cross-process all-gather of one flag).
+
+    Called at the same steps on every process (every ``log_every`` steps and at the last step),
+    where the loop already waits for the device to read the metrics, so it costs one tiny
+    collective per log interval and never a sync inside the interval. One process: no collective.
+    """
+    if jax.process_count() == 1:
+        return local_stop
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(local_stop, dtype=np.int32))
+    return bool(np.any(flags))
+
+
 def _report_skipped(reasons: np.ndarray, counter: dict[str, int]) -> None:
     for reason in reasons:
         counter["skipped"] += 1
@@ -182,8 +225,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     step = int(state.step)
     summary.start_step = step
     pending, wait_time, last_time, last_step = [], 0.0, time.perf_counter(), step
+    stopping = False  # the stop request as agreed by all processes
     with StopRequest() as stop:
-        while step < cfg_t.num_steps and not stop:
+        while step < cfg_t.num_steps and not stopping:
             t0 = time.perf_counter()
             local = next(batches)
             wait_time += time.perf_counter() - t0
@@ -191,8 +235,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             state, metrics = step_fn(state, sharding.to_global(local, mesh))
             step += 1
             pending.append(metrics)
+            log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
+            if jax.process_count() == 1:
+                stopping = bool(stop)
+            elif log_due:
+                stopping = _agree_stop(bool(stop))
 
-            if step % cfg_t.log_every == 0 or step == cfg_t.num_steps or stop:
+            if log_due or stopping:
                 means = {k: float(np.mean(v)) for k, v in jax.device_get(
                     jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
                 now = time.perf_counter()
@@ -224,11 +273,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     summary.close()
     if counter["skipped"]:
         summary.message(f"{counter['skipped']} unusable file(s) were skipped (see warnings)")
-    if stop:
+    if stopping:
         command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
                            + sys.argv[1:])
+        why = stop.signal_name or "stop requested by another process"
         summary.message(
-            f"{stop.signal_name}: stopped at step {step}, checkpoint saved in "
+            f"{why}: stopped at step {step}, checkpoint saved in "
             f"{checkpointer.directory}.\nResume with: {command}"
         )
     else:
@@ -247,6 +297,8 @@ def main(argv) -> None:
     FLAGS = flags.FLAGS
     if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes
+    init_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                     FLAGS.process_id)
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -260,6 +312,13 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Run directory (default: runs/<experiment>).")
+    flags.DEFINE_bool("distributed", False,
+                      "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...).")
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0's coordinator (multi-process without "
+                        "auto-detection; needs --num_processes and --process_id).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
     flags.mark_flags_as_required(["config"])
 
 
