@@ -5,7 +5,8 @@ Conventions (REFERENCE.md section 2):
   * Lab is float32 with L in [0, 100] and a, b roughly in [-127, 127].
   * The networks see L' = L / 50 - 1 and ab' = ab / 110, both roughly in [-1, 1].
 
-Converting predicted Lab back to RGB can leave the sRGB gamut; ``lab_to_rgb`` clips to [0, 1].
+Converting predicted Lab back to RGB can leave the sRGB gamut: ``lab_to_rgb`` clips each
+channel to [0, 1]; ``lab_to_rgb_in_gamut`` instead desaturates, keeping L and hue (colorize).
 All functions here are NumPy/OpenCV (host side): they run in data-loader workers, never under jit.
 """
 
@@ -16,6 +17,17 @@ import numpy as np
 
 L_SCALE = 50.0
 AB_SCALE = 110.0
+
+# CIE Lab (D65) -> linear sRGB, the constants OpenCV uses; only for the gamut test below.
+_WHITE_D65 = (0.950456, 1.0, 1.088754)
+_XYZ_TO_LINEAR_RGB = (
+    (3.240479, -1.53715, -0.498535),
+    (-0.969256, 1.875991, 0.041556),
+    (0.055648, -0.204043, 1.057311),
+)
+# In linear RGB. Tight: near black, clipping even 1e-3 by OpenCV would move L by about 1.
+_GAMUT_TOLERANCE = 1e-4
+_GAMUT_ITERATIONS = 10  # bisection on the chroma scale: within 1/1024 of the largest
 
 
 def _pixelwise(fn, image: np.ndarray) -> np.ndarray:
@@ -70,3 +82,47 @@ def lab_norm_to_rgb(l_norm: np.ndarray, ab_norm: np.ndarray) -> np.ndarray:
 def rgb_to_uint8(rgb: np.ndarray) -> np.ndarray:
     """RGB in [0, 1] -> uint8 with rounding."""
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _finv(f: np.ndarray) -> np.ndarray:
+    delta = 6.0 / 29.0
+    return np.where(f > delta, f * f * f, (3.0 * delta * delta) * (f - 4.0 / 29.0))
+
+
+def _in_gamut(lightness: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether Lab pixels lie inside sRGB. Computed here, unclipped: OpenCV clips, hiding it.
+
+    Channel by channel in float32: this runs on every pixel of every full-size output.
+    """
+    fy = (lightness + 16.0) / 116.0
+    xyz = (_WHITE_D65[0] * _finv(fy + a / 500.0), _finv(fy), _WHITE_D65[2] * _finv(fy - b / 200.0))
+    ok = np.ones(lightness.shape, bool)
+    for row in _XYZ_TO_LINEAR_RGB:
+        c = row[0] * xyz[0] + row[1] * xyz[1] + row[2] * xyz[2]
+        ok &= (c >= -_GAMUT_TOLERANCE) & (c <= 1.0 + _GAMUT_TOLERANCE)
+    return ok
+
+
+def lab_to_rgb_in_gamut(lab: np.ndarray) -> np.ndarray:
+    """Lab (..., H, W, 3) -> RGB in [0, 1], desaturating out-of-gamut pixels instead of clipping.
+
+    Each out-of-gamut pixel keeps its L and hue; its a, b are scaled by (nearly) the largest
+    factor in [0, 1] that brings it inside sRGB (neutral gray is inside for L in [0, 100]).
+    """
+    return fit_gamut(np.array(lab, np.float32))
+
+
+def fit_gamut(lab: np.ndarray) -> np.ndarray:
+    """``lab_to_rgb_in_gamut`` on a float32 array it may modify."""
+    bad = ~_in_gamut(lab[..., 0], lab[..., 1], lab[..., 2])
+    if bad.any():
+        pixels = lab[bad]  # (M, 3): only the pixels that need it enter the search
+        lo = np.zeros(len(pixels), np.float32)
+        hi = np.ones(len(pixels), np.float32)
+        for _ in range(_GAMUT_ITERATIONS):
+            mid = 0.5 * (lo + hi)
+            ok = _in_gamut(pixels[:, 0], mid * pixels[:, 1], mid * pixels[:, 2])
+            lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+        pixels[:, 1:] *= lo[:, None]
+        lab[bad] = pixels
+    return lab_to_rgb(lab)

@@ -48,63 +48,9 @@ BEST_STEP_FILE = "best_step.json"
 Step = int | str | None  # None or "latest", "best", or a step number
 K = TypeVar("K")
 
-# CIE Lab (D65) -> linear sRGB, the constants OpenCV uses; only for the gamut test below.
-_WHITE_D65 = (0.950456, 1.0, 1.088754)
-_XYZ_TO_LINEAR_RGB = (
-    (3.240479, -1.53715, -0.498535),
-    (-0.969256, 1.875991, 0.041556),
-    (0.055648, -0.204043, 1.057311),
-)
-# In linear RGB. Tight: near black, clipping even 1e-3 by OpenCV would move L by about 1.
-_GAMUT_TOLERANCE = 1e-4
-_GAMUT_ITERATIONS = 10  # bisection on the chroma scale: within 1/1024 of the largest
 
 
-# ----------------------------------------------------------------------------- colour helpers
-
-
-def _finv(f: np.ndarray) -> np.ndarray:
-    delta = 6.0 / 29.0
-    return np.where(f > delta, f * f * f, (3.0 * delta * delta) * (f - 4.0 / 29.0))
-
-
-def _in_gamut(lightness: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Whether Lab pixels lie inside sRGB. Computed here, unclipped: OpenCV clips, hiding it.
-
-    Channel by channel in float32: this runs on every pixel of every full-size output.
-    """
-    fy = (lightness + 16.0) / 116.0
-    xyz = (_WHITE_D65[0] * _finv(fy + a / 500.0), _finv(fy), _WHITE_D65[2] * _finv(fy - b / 200.0))
-    ok = np.ones(lightness.shape, bool)
-    for row in _XYZ_TO_LINEAR_RGB:
-        c = row[0] * xyz[0] + row[1] * xyz[1] + row[2] * xyz[2]
-        ok &= (c >= -_GAMUT_TOLERANCE) & (c <= 1.0 + _GAMUT_TOLERANCE)
-    return ok
-
-
-def lab_to_rgb_in_gamut(lab: np.ndarray) -> np.ndarray:
-    """Lab (..., H, W, 3) -> RGB in [0, 1], desaturating out-of-gamut pixels instead of clipping.
-
-    Each out-of-gamut pixel keeps its L and hue; its a, b are scaled by (nearly) the largest
-    factor in [0, 1] that brings it inside sRGB (neutral gray is inside for L in [0, 100]).
-    """
-    return _fit_gamut(np.array(lab, np.float32))
-
-
-def _fit_gamut(lab: np.ndarray) -> np.ndarray:
-    """``lab_to_rgb_in_gamut`` on a float32 array it may modify."""
-    bad = ~_in_gamut(lab[..., 0], lab[..., 1], lab[..., 2])
-    if bad.any():
-        pixels = lab[bad]  # (M, 3): only the pixels that need it enter the search
-        lo = np.zeros(len(pixels), np.float32)
-        hi = np.ones(len(pixels), np.float32)
-        for _ in range(_GAMUT_ITERATIONS):
-            mid = 0.5 * (lo + hi)
-            ok = _in_gamut(pixels[:, 0], mid * pixels[:, 1], mid * pixels[:, 2])
-            lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-        pixels[:, 1:] *= lo[:, None]
-        lab[bad] = pixels
-    return colour.lab_to_rgb(lab)
+# ----------------------------------------------------------------------------- image helpers
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -125,7 +71,7 @@ def recombine(lightness: np.ndarray, ab: np.ndarray) -> np.ndarray:
     lab = np.empty((height, width, 3), np.float32)
     lab[..., 0] = lightness
     lab[..., 1:] = resize(np.asarray(ab, np.float32), width, height)
-    return _fit_gamut(lab)
+    return colour.fit_gamut(lab)
 
 
 # ----------------------------------------------------------------------------- runs & steps
@@ -273,7 +219,7 @@ class Colorizer:
         rgb = np.asarray(rgb, np.float32)
         lightness = colour.rgb_to_lab(rgb)[..., 0]
         ab = self.predict_ab(rgb)
-        return lab_to_rgb_in_gamut(np.concatenate([lightness[..., None], ab], axis=-1))
+        return colour.lab_to_rgb_in_gamut(np.concatenate([lightness[..., None], ab], axis=-1))
 
     # -- any resolution
 

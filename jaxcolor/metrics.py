@@ -230,6 +230,4 @@ def summarize(per_image: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]
 
 def gray_baseline(true_rgb: np.ndarray) -> np.ndarray:
     """The trivial prediction: the truth's L with a = b = 0, as RGB in [0, 1]."""
-    lab = colour.rgb_to_lab(np.asarray(true_rgb, np.float32))
-    lab[..., 1:] = 0.0
-    return colour.lab_to_rgb(lab)
+    return colour.rgb_to_gray(np.asarray(true_rgb, np.float32))
