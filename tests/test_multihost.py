@@ -29,6 +29,7 @@ from conftest import REPO
 from test_train_loop import TINY_FLAGS, _scalars
 
 from jaxcolor import data
+from jaxcolor.data import pipeline
 
 LOSSES = ("train/d_loss", "train/g_adv", "train/g_recon", "train/d_real", "train/d_fake")
 
@@ -186,10 +187,10 @@ def test_each_process_reads_a_disjoint_shard_of_the_files(photo_dir, monkeypatch
     """What each process's Grain pipeline is built on, and what it then decodes."""
     files = data.find_splits(photo_dir, 0.1, 0)["train"]
     sources, decoded = [], set()
-    source, decode = data.grain.MapDataset.source, data.decode
-    monkeypatch.setattr(data.grain.MapDataset, "source",
+    source, decode = pipeline.grain.MapDataset.source, pipeline.decode
+    monkeypatch.setattr(pipeline.grain.MapDataset, "source",
                         lambda seq: (sources.append(list(seq)), source(seq))[1])
-    monkeypatch.setattr(data, "decode", lambda p: (decoded.add(p), decode(p))[1])
+    monkeypatch.setattr(pipeline, "decode", lambda p: (decoded.add(p), decode(p))[1])
     for i in range(2):
         it = iter(data.train_dataset(files, image_size=32, batch_size=2, seed=0,
                                      process_index=i, process_count=2))

@@ -1,14 +1,9 @@
-"""Image folders -> batches of normalised Lab and RGB, streamed by Grain.
+"""Decoded photos -> training and evaluation batches of normalised Lab and RGB, via Grain.
 
-* ``find_splits`` lists photos recursively and splits them: the Flickr1024 layout
-  (``Train/``, ``Validation/``, ``Test/``) is used as is; any other folder gets a deterministic
-  held-out split keyed by file name, with stereo views (``0001_L``/``0001_R``) kept together.
-  Without a folder, the built-in sample photos (from scikit-image, no download) are used.
-* ``load_rgb`` decodes with OpenCV and handles 8/16-bit, alpha and grayscale sources deliberately.
-* ``train_iterator`` is a checkpointable Grain iterator: shuffled, sharded by process, optionally
-  augmented (resize, random crop, flip), with multiprocess workers. A file that cannot be used is
-  skipped, and its name and the reason travel with the next batch (key ``skipped``), so the
-  trainer counts and reports it; training never sees a garbage array.
+``train_dataset`` is a checkpointable Grain dataset: shuffled, sharded by process, optionally
+augmented (resize, random crop, flip), with multiprocess workers. A file that cannot be used is
+skipped, and its name and the reason travel with the next batch (key ``skipped``), so the
+trainer counts and reports it; training never sees a garbage array.
 
 Examples are dicts of float32 arrays: ``lab`` (L' a' b', see ``colour``) and ``rgb`` in [-1, 1],
 both (H, W, 3). Transforms here are plain top-level classes: Grain workers pickle them.
@@ -17,11 +12,6 @@ both (H, W, 3). Transforms here are plain top-level classes: Grain workers pickl
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import logging
-import os
-import re
 from collections.abc import Sequence
 
 import cv2
@@ -29,174 +19,7 @@ import grain
 import numpy as np
 
 from jaxcolor import colour
-
-log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "validation", "test")
-# Folder names of the Flickr1024 layout (matched case-insensitively).
-FLICKR_SPLIT_DIRS = {"train": "train", "validation": "validation", "test": "test"}
-
-# Built-in sample photos: real colour photos shipped inside scikit-image (no download).
-SAMPLE_PREFIX = "skimage:"
-SAMPLE_SPLITS = {
-    "train": (
-        "astronaut",
-        "rocket",
-        "hubble_deep_field",
-        "retina",
-        "immunohistochemistry",
-        "stereo_motorcycle_L",
-        "stereo_motorcycle_R",
-    ),
-    "validation": ("coffee", "chelsea"),
-    "test": ("coffee", "chelsea"),
-}
-
-# A pixel whose channels differ by less than this (of 1.0) carries no colour.
-GRAYSCALE_TOLERANCE = 2.0 / 255.0
-
-
-class BadImageError(ValueError):
-    """A file that cannot be used as a training image; the message says why."""
-
-
-# ----------------------------------------------------------------------------- listing & splits
-
-
-def list_images(root: str) -> list[str]:
-    """All image files under ``root`` (recursive, extensions in any case), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return sorted(found)
-
-
-def _pair_key(path: str) -> str:
-    """Name shared by the two views of a stereo pair (``0001_L.png`` and ``0001_R.png``)."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return re.sub(r"_[LR]$", "", stem, flags=re.IGNORECASE)
-
-
-def _held_out(key: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def find_splits(root: str | None, val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[str]]:
-    """Files of each split (``train``, ``validation``, ``test``) under ``root``.
-
-    ``root=None`` gives the built-in sample photos. A folder with no image raises ValueError.
-    """
-    if root is None:
-        return {s: [SAMPLE_PREFIX + n for n in names] for s, names in SAMPLE_SPLITS.items()}
-    if not os.path.isdir(root):
-        raise ValueError(f"data.dir={root!r} is not a directory")
-    subdirs = {d.lower(): os.path.join(root, d) for d in os.listdir(root)}
-    if "train" in subdirs and os.path.isdir(subdirs["train"]):
-        splits = {s: list_images(subdirs[s]) if s in subdirs else [] for s in SPLITS}
-        if not splits["train"]:
-            raise ValueError(f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                             f"under {subdirs['train']!r}")
-        splits["validation"] = splits["validation"] or splits["test"]
-        if splits["validation"]:
-            return splits
-        files = splits["train"]  # Train/ alone: hold out part of it as below
-    else:
-        files = list_images(root)
-        if not files:
-            raise ValueError(
-                f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found"
-            )
-    held = _hold_out(files, val_fraction, seed)
-    train = [f for f in files if f not in held] or files
-    return {"train": train, "validation": sorted(held), "test": sorted(held)}
-
-
-def _hold_out(files: list[str], fraction: float, seed: int) -> set[str]:
-    """Deterministic held-out subset keyed by stereo-pair name; never empty for 2+ files."""
-    held = [f for f in files if _held_out(_pair_key(f), fraction, seed)]
-    if not held and len(files) > 1:
-        # Tiny folders: hold out the pair that hashes lowest, so validation is never empty.
-        first = min(files, key=lambda f: hashlib.sha256(_pair_key(f).encode()).digest())
-        held = [f for f in files if _pair_key(f) == _pair_key(first)]
-    return set(held or files)
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-@functools.lru_cache(maxsize=16)
-def _sample_photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    if name.startswith("stereo_motorcycle_"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name.endswith("L") else right
-    return getattr(skimage.data, name)()
-
-
-def to_float_rgb(image: np.ndarray, path: str) -> np.ndarray:
-    """OpenCV's decoded array (BGR/BGRA/gray, 8/16-bit/float) -> float32 RGB in [0, 1]."""
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        image = image.astype(np.float32) / 65535.0
-    elif image.dtype in (np.float32, np.float64):
-        image = np.clip(np.nan_to_num(image.astype(np.float32)), 0.0, 1.0)
-    else:
-        raise BadImageError(f"{path}: unsupported pixel type {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    channels = image.shape[-1]
-    if channels == 1:
-        return np.repeat(image, 3, axis=-1)
-    if channels == 2:  # gray + alpha
-        gray, alpha = image[..., :1], image[..., 1:]
-        return np.repeat(gray * alpha + (1.0 - alpha), 3, axis=-1)
-    if channels == 4:
-        # Transparent pixels become white, as a viewer shows them on a page.
-        bgr, alpha = image[..., :3], image[..., 3:]
-        image = bgr * alpha + (1.0 - alpha)
-    elif channels != 3:
-        raise BadImageError(f"{path}: unsupported channel count {channels}")
-    return np.ascontiguousarray(image[..., ::-1])
-
-
-def decode(path: str) -> np.ndarray:
-    """The file's pixels as OpenCV decodes them (BGR order, native depth, alpha kept).
-
-    ``skimage:<name>`` gives a built-in sample photo (RGB reversed to BGR). Raises
-    BadImageError naming the file for zero-byte, truncated, corrupt or unreadable files.
-    """
-    if path.startswith(SAMPLE_PREFIX):
-        return _sample_photo(path[len(SAMPLE_PREFIX):])[..., ::-1]
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise BadImageError(f"{path}: cannot read ({e.strerror or e})") from e
-    if raw.size == 0:
-        raise BadImageError(f"{path}: empty file")
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise BadImageError(f"{path}: not a decodable image (corrupt, truncated or wrong type)")
-    return image
-
-
-def load_rgb(path: str) -> np.ndarray:
-    """Decodes ``path`` (or a ``skimage:<name>`` sample) to float32 RGB in [0, 1], (H, W, 3)."""
-    return to_float_rgb(decode(path), path)
-
-
-def is_grayscale(rgb: np.ndarray, tolerance: float = GRAYSCALE_TOLERANCE) -> bool:
-    """True when no pixel's channels differ by more than ``tolerance``: nothing to learn from."""
-    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
-    return bool(np.quantile(spread, 0.999) <= tolerance)
+from jaxcolor.data.decode import BadImageError, decode, is_grayscale, to_float_rgb
 
 
 @dataclasses.dataclass(frozen=True)

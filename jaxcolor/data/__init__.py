@@ -1,0 +1,31 @@
+"""Photos in, batches out: ``decode`` (files -> RGB), ``listing`` (folders -> splits) and
+``pipeline`` (Grain datasets of training and evaluation batches).
+
+The names most callers need are re-exported here (``from jaxcolor import data``).
+"""
+
+from jaxcolor.data.decode import (
+    GRAYSCALE_TOLERANCE,
+    SAMPLE_PREFIX,
+    BadImageError,
+    decode,
+    is_grayscale,
+    load_rgb,
+    to_float_rgb,
+)
+from jaxcolor.data.listing import IMAGE_EXTENSIONS, SAMPLE_SPLITS, SPLITS, find_splits, list_images
+from jaxcolor.data.pipeline import (
+    ExampleMaker,
+    Skipped,
+    check_usable,
+    eval_batches,
+    make_example,
+    train_dataset,
+)
+
+__all__ = [
+    "GRAYSCALE_TOLERANCE", "IMAGE_EXTENSIONS", "SAMPLE_PREFIX", "SAMPLE_SPLITS", "SPLITS",
+    "BadImageError", "ExampleMaker", "Skipped", "check_usable", "decode", "eval_batches",
+    "find_splits", "is_grayscale", "list_images", "load_rgb", "make_example", "to_float_rgb",
+    "train_dataset",
+]
