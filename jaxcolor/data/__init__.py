@@ -4,13 +4,17 @@
 The names most callers need are re-exported here (``from jaxcolor import data``).
 """
 
-from jaxcolor.data.decode import (
+from jaxcolor.data.decoding import (
     GRAYSCALE_TOLERANCE,
     SAMPLE_PREFIX,
     BadImageError,
+    ImageSource,
+    ImageTooLargeError,
     decode,
     is_grayscale,
     load_rgb,
+    read_encoded,
+    source_name,
     to_float_rgb,
 )
 from jaxcolor.data.listing import IMAGE_EXTENSIONS, SAMPLE_SPLITS, SPLITS, find_splits, list_images
@@ -25,7 +29,7 @@ from jaxcolor.data.pipeline import (
 
 __all__ = [
     "GRAYSCALE_TOLERANCE", "IMAGE_EXTENSIONS", "SAMPLE_PREFIX", "SAMPLE_SPLITS", "SPLITS",
-    "BadImageError", "ExampleMaker", "Skipped", "check_usable", "decode", "eval_batches",
-    "find_splits", "is_grayscale", "list_images", "load_rgb", "make_example", "to_float_rgb",
-    "train_dataset",
+    "BadImageError", "ExampleMaker", "ImageSource", "ImageTooLargeError", "Skipped",
+    "check_usable", "decode", "eval_batches", "find_splits", "is_grayscale", "list_images",
+    "load_rgb", "make_example", "read_encoded", "source_name", "to_float_rgb", "train_dataset",
 ]

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 
-from jaxcolor.data.decode import SAMPLE_PREFIX
+from jaxcolor.data.decoding import SAMPLE_PREFIX
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validation", "test")

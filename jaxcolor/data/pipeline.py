@@ -19,7 +19,7 @@ import grain
 import numpy as np
 
 from jaxcolor import colour
-from jaxcolor.data.decode import BadImageError, decode, is_grayscale, to_float_rgb
+from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
 
 
 @dataclasses.dataclass(frozen=True)
