@@ -72,3 +72,23 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch):
     with pytest.raises(data.ImageTooLargeError, match="2,000 pixels, over the limit of 1,999") as e:
         data.decode(encoded, max_pixels=1999)
     assert e.value.pixels == 2000
+
+
+@pytest.mark.parametrize("depth", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_load_image_keeps_depth_and_gives_rgb(tmp_path, depth, channels):
+    rgb8 = synthetic_photo(4, 20, 30)
+    top = np.iinfo(depth).max
+    rgb = (rgb8.astype(np.float64) / 255 * top).round().astype(depth)
+    if channels == 1:
+        stored, expected = rgb[..., 0], np.repeat(rgb[..., :1], 3, axis=-1)
+    elif channels == 3:
+        stored, expected = rgb[..., ::-1], rgb
+    else:  # fully opaque alpha: the colours are unchanged
+        stored = np.concatenate([rgb[..., ::-1], np.full(rgb.shape[:2] + (1,), top, depth)], -1)
+        expected = rgb
+    path = str(tmp_path / "image.png")
+    assert decode_module.cv2.imwrite(path, np.ascontiguousarray(stored))
+    out = data.load_image(path)
+    assert out.dtype == depth and out.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out, expected)

@@ -12,6 +12,7 @@ from jaxcolor.data.decoding import (
     ImageTooLargeError,
     decode,
     is_grayscale,
+    load_image,
     load_rgb,
     read_encoded,
     source_name,
@@ -31,5 +32,6 @@ __all__ = [
     "GRAYSCALE_TOLERANCE", "IMAGE_EXTENSIONS", "SAMPLE_PREFIX", "SAMPLE_SPLITS", "SPLITS",
     "BadImageError", "ExampleMaker", "ImageSource", "ImageTooLargeError", "Skipped",
     "check_usable", "decode", "eval_batches", "find_splits", "is_grayscale", "list_images",
-    "load_rgb", "make_example", "read_encoded", "source_name", "to_float_rgb", "train_dataset",
+    "load_image", "load_rgb", "make_example", "read_encoded", "source_name", "to_float_rgb",
+    "train_dataset",
 ]

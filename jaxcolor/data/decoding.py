@@ -176,6 +176,25 @@ def load_rgb(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarra
     return to_float_rgb(decode(source, max_pixels=max_pixels), source_name(source))
 
 
+def load_image(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decodes ``source`` (see ``decode``) to upright RGB (H, W, 3) in its own depth.
+
+    8-bit files give uint8, 16-bit files uint16, float files float32 in [0, 1]. Gray is
+    replicated to 3 channels; transparent pixels are composited onto white (as ``to_float_rgb``).
+    """
+    image = decode(source, max_pixels=max_pixels)
+    if image.dtype in (np.uint8, np.uint16):
+        if image.ndim == 2 or image.shape[-1] == 1:
+            return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+        if image.shape[-1] == 3:
+            return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    rgb = to_float_rgb(image, source_name(source))
+    if image.dtype in (np.uint8, np.uint16):  # alpha: composited in float, back to its depth
+        top = np.iinfo(image.dtype).max
+        return np.round(rgb * top).astype(image.dtype)
+    return rgb
+
+
 def is_grayscale(rgb: np.ndarray, tolerance: float = GRAYSCALE_TOLERANCE) -> bool:
     """True when no pixel's channels differ by more than ``tolerance``: nothing to learn from."""
     spread = rgb.max(axis=-1) - rgb.min(axis=-1)
