@@ -32,7 +32,7 @@ def load_config(path: str):
 def benchmark(config, steps: int = 10, warmup: int = 2) -> dict[str, float]:
     """Compile time, mean step time and images/s of the train step for ``config``."""
     mesh = sharding.make_mesh()
-    config_lib.validate(config, jax.device_count())
+    config_lib.validate(config_lib.resolve(config), jax.device_count())
     gan = build_gan(config)
     size, batch_size = config.data.image_size, config.train.batch_size
     rep = sharding.replicated(mesh)
@@ -77,7 +77,7 @@ def main() -> None:
     if args.image_size:
         config.data.image_size = args.image_size
         if config.model.generator == "unet":
-            config.model.num_downs = args.num_downs or config_lib.max_downs(args.image_size)
+            config.model.num_downs = args.num_downs  # None: the deepest the size allows
     if args.batch_size:
         config.train.batch_size = args.batch_size
     if args.compute_dtype:

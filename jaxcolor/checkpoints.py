@@ -10,7 +10,6 @@ Retention: the newest ``keep`` checkpoints, plus the best one by a validation me
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -18,7 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-BEST_STEP_FILE = "best_step.json"
+from jaxcolor import runs
 
 
 class Checkpointer:
@@ -38,11 +37,7 @@ class Checkpointer:
         self.best = self._read_best()
 
     def _read_best(self) -> dict | None:
-        path = os.path.join(self.directory, BEST_STEP_FILE)
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            return json.load(f)
+        return runs.read_best(self.directory)
 
     def is_better(self, value: float, mode: str) -> bool:
         """Whether ``value`` beats the recorded best (``mode`` is 'max' or 'min')."""
@@ -56,10 +51,7 @@ class Checkpointer:
         self.wait()  # the record must never name a checkpoint that is not complete
         self.best = {"step": step, "metric": metric, "value": float(value)}
         if self.is_main:
-            tmp = os.path.join(self.directory, BEST_STEP_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(self.best, f)
-            os.replace(tmp, os.path.join(self.directory, BEST_STEP_FILE))
+            runs.write_best(self.directory, self.best)
         self._prune()
 
     def _prune(self) -> None:

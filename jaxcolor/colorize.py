@@ -1,13 +1,17 @@
 """Colorize photos and videos with a trained run.
 
 python -m jaxcolor.colorize --workdir runs/lab_gan photo.jpg photos/ clip.mp4 --out colored/
-    [--step latest|best|N] [--batch_size 8] [--temporal_smoothing 0.5]
+    [--step latest|best|N] [--batch_size 8] [--render_size 512] [--temporal_smoothing 0.5]
 
-Inputs are image files, folders (searched recursively for images and videos) and videos
-(.mp4, .avi, .mov, .mkv, read with OpenCV). Images of any size, depth (8/16-bit) and with or
-without alpha are written as 8-bit PNG at their own size: ``<out>/<name>.png``, keeping the path
-below a folder input. Colour inputs are reduced to their lightness first. Transparent pixels are
-composited on white (as ``data.load_rgb`` does) and the output has no alpha.
+``--workdir`` is a run folder or an exported model (``jaxcolor.export``). Inputs are image files,
+folders (searched recursively for images and videos) and videos (.mp4, .avi, .mov, .mkv, read
+with OpenCV). Images are decoded as training decodes them (EXIF orientation applied) and written
+upright at their own size and depth: ``<out>/<name>.png`` (``.tif`` for TIFF inputs), 16-bit
+for 16-bit inputs, keeping the path below a folder input. Colour inputs are reduced to their
+lightness first. Transparent pixels are composited on white and the output has no alpha.
+``--render_size N``: the network sees each photo with its short side N (default: the training
+size), aspect ratio kept; the chroma is upsampled to the photo's full size
+(``jaxcolor.predictor``).
 
 Videos keep their container, frame size and frame rate (codec mp4v, or MJPG for .avi; if the
 container cannot be written, an .avi is written instead). Audio is not copied: OpenCV does not
@@ -20,7 +24,6 @@ skipped; the others go on. The exit code is 1 when any input failed.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -31,8 +34,8 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 
-from jaxcolor import colour, data
-from jaxcolor.inference import Colorizer, Prepared, load_run, parse_step
+from jaxcolor import data, runs
+from jaxcolor.predictor import Model, from_float
 from jaxcolor.summary import format_duration
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -132,7 +135,10 @@ def _kind(path: str) -> str:
 
 
 def _output_name(rel: str, kind: str) -> str:
-    return rel if kind == "video" else os.path.splitext(rel)[0] + ".png"
+    if kind == "video":
+        return rel
+    stem, ext = os.path.splitext(rel)
+    return stem + (".tif" if ext.lower() in (".tif", ".tiff") else ".png")
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -193,31 +199,29 @@ def _reason(error: Exception, path: str) -> str:
 
 
 def _write_image(path: str, rgb: np.ndarray) -> None:
+    """Writes RGB as PNG/TIFF in its depth (uint8, uint16; float as 16-bit)."""
+    if rgb.dtype not in (np.uint8, np.uint16):
+        rgb = from_float(rgb, np.uint16)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if not cv2.imwrite(path, colour.rgb_to_uint8(rgb)[..., ::-1]):
+    if not cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1])):
         raise OSError("could not write the output image")
 
 
-def _colorize_images(colorizer: Colorizer, jobs: list[Job], summary: ColorizeSummary,
-                     progress: bool) -> None:
+def _colorize_images(model: Model, jobs: list[Job], summary: ColorizeSummary,
+                     progress: bool, render_size: int | None) -> None:
     bar = Progress("images", len(jobs), "images", enabled=progress)
 
-    def prepared() -> Iterator[tuple[Job, Prepared]]:
-        for job in jobs:
-            try:
-                item = colorizer.prepare(data.load_rgb(job.path))
-            except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-                summary.failures.append(Failure(job.path, _reason(e, job.path)))
-                bar.update()
-                continue
-            yield job, item
+    def failed(job: Job, error: Exception) -> None:
+        summary.failures.append(Failure(job.path, _reason(error, job.path)))
+        bar.update()
 
-    for job, rgb in colorizer.stream(prepared()):
+    for job, rgb in model.stream(((job, job.path) for job in jobs), render_size=render_size,
+                                 on_error=failed):
         try:
             _write_image(job.output, rgb)
             summary.images += 1
             summary.outputs.append(job.output)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - one bad output must not stop the others
             summary.failures.append(Failure(job.path, _reason(e, job.path)))
         bar.update()
     bar.close()
@@ -248,7 +252,7 @@ def _open_writer(path: str, fps: float, width: int, height: int) -> tuple[cv2.Vi
 
 
 def _colorize_video(
-    colorizer: Colorizer, job: Job, smoothing: float, progress: bool
+    model: Model, job: Job, smoothing: float, progress: bool, render_size: int | None
 ) -> tuple[int, str]:
     """Colorizes one video; returns the number of frames written and the output's path."""
     capture = cv2.VideoCapture(job.path)
@@ -262,7 +266,7 @@ def _colorize_video(
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     bar = Progress(os.path.basename(job.path), max(total, 0), "frames", enabled=progress)
 
-    def frames() -> Iterator[tuple[int, Prepared]]:
+    def frames() -> Iterator[tuple[int, np.ndarray]]:
         nonlocal size
         index = 0
         while True:
@@ -273,15 +277,16 @@ def _colorize_video(
                 size = frame.shape[1], frame.shape[0]
             elif (frame.shape[1], frame.shape[0]) != size:  # keep the writer's frame size
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-            yield index, colorizer.prepare(data.to_float_rgb(frame, job.path))
+            yield index, frame[..., ::-1]  # OpenCV's BGR -> RGB
             index += 1
 
     written = 0
     try:
-        for _, rgb in colorizer.stream(frames(), temporal_smoothing=smoothing):
+        for _, rgb in model.stream(frames(), temporal_smoothing=smoothing,
+                                   render_size=render_size):
             if writer is None:
                 writer, output = _open_writer(job.output, fps, *size)
-            writer.write(np.ascontiguousarray(colour.rgb_to_uint8(rgb)[..., ::-1]))
+            writer.write(np.ascontiguousarray(rgb[..., ::-1]))
             written += 1
             bar.update()
     except BaseException:
@@ -299,12 +304,13 @@ def _colorize_video(
 
 
 def colorize_paths(
-    colorizer: Colorizer,
+    model: Model,
     inputs: Sequence[str],
     out_dir: str,
     *,
     temporal_smoothing: float = 0.0,
     progress: bool = True,
+    render_size: int | None = None,
 ) -> ColorizeSummary:
     """Colorizes image files, folders (recursive) and videos into ``out_dir``.
 
@@ -316,10 +322,11 @@ def colorize_paths(
     summary = ColorizeSummary(failures=list(failures))
     images = [j for j in jobs if j.kind == "image"]
     if images:
-        _colorize_images(colorizer, images, summary, progress)
+        _colorize_images(model, images, summary, progress, render_size)
     for job in (j for j in jobs if j.kind == "video"):
         try:
-            frames, output = _colorize_video(colorizer, job, temporal_smoothing, progress)
+            frames, output = _colorize_video(model, job, temporal_smoothing, progress,
+                                             render_size)
         except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
             summary.failures.append(Failure(job.path, _reason(e, job.path)))
             continue
@@ -329,41 +336,57 @@ def colorize_paths(
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (1 when any input failed)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcolor.colorize",
-        description="Colorize images, folders and videos with a trained jaxcolor run.",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (recursive) or videos (mp4, avi, mov, mkv)")
-    parser.add_argument("--workdir", required=True, help="run directory of the trained model")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--step", default="latest", help="checkpoint: latest, best or a step")
-    parser.add_argument("--batch_size", type=int, default=8, help="images/frames per call")
-    parser.add_argument("--temporal_smoothing", type=float, default=0.0,
-                        help="video: weight of the previous frames' chroma, 0 (off) to 1")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.temporal_smoothing <= 1.0:
-        parser.error("--temporal_smoothing must be in [0, 1]")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be >= 1")
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "Run directory or exported model folder.",
+                        required=True)
+    flags.DEFINE_string("out", None, "Output folder.", required=True)
+    flags.DEFINE_string("step", "latest", "Checkpoint of a run: latest, best or a step number.")
+    flags.DEFINE_integer("batch_size", 8, "Images/frames per device call.", lower_bound=1)
+    flags.DEFINE_integer("render_size", None, "Short side the network sees (default: the "
+                         "training size); the aspect ratio is kept.", lower_bound=16)
+    flags.DEFINE_float("temporal_smoothing", 0.0, "Video: weight of the previous frames' "
+                       "chroma, 0 (off) to 1.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_bool("no_progress", False, "No progress bars.")
+
+
+def main(argv: Sequence[str]) -> int:
+    """absl entry point: ``argv[1:]`` are the inputs. Exit code 1 when any input failed, 2 when
+    the model cannot be loaded."""
+    from absl import app, flags
+
+    import jaxcolor
+
+    FLAGS = flags.FLAGS
+    inputs = list(argv[1:])
+    if not inputs:
+        raise app.UsageError("give at least one input (image, folder or video)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax logs every file it opens
     try:
-        colorizer = load_run(args.workdir, parse_step(args.step), batch_size=args.batch_size)
+        step = runs.parse_step(FLAGS.step)
+        model = jaxcolor.load(FLAGS.workdir, step, batch_size=FLAGS.batch_size)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{colorizer.config.experiment} ({colorizer.task.name}) step {colorizer.step}, "
-          f"{colorizer.image_size}x{colorizer.image_size} model", file=sys.stderr)
-    summary = colorize_paths(colorizer, args.inputs, args.out,
-                             temporal_smoothing=args.temporal_smoothing,
-                             progress=not args.no_progress)
-    print(summary.report(args.out))
+    meta = model.metadata
+    print(f"{meta['experiment']} ({meta['task']}) step {meta['step']}, "
+          f"{model.image_size}x{model.image_size} model", file=sys.stderr)
+    summary = colorize_paths(model, inputs, FLAGS.out,
+                             temporal_smoothing=FLAGS.temporal_smoothing,
+                             progress=not FLAGS.no_progress, render_size=FLAGS.render_size)
+    print(summary.report(FLAGS.out))
     return 0 if summary.ok else 1
 
 
+def run() -> None:
+    """Console entry point (``jaxcolor-colorize``): the same flags as ``python -m``."""
+    from absl import app
+
+    _define_flags()
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -13,6 +13,8 @@ from jaxcolor.losses import ADVERSARIAL, RECONSTRUCTION
 from jaxcolor.tasks import TASKS
 from jaxcolor.train_state import COMPUTE_DTYPES
 
+MAX_NUM_DOWNS = 8  # U-Net-256, the deepest the reference builds by default
+
 # Validation metrics that can choose the best checkpoint, and which way is better.
 BEST_METRIC_MODES = {
     "auc": "max", "psnr": "max", "ssim": "max", "pixel_acc": "max", "dcf": "min",
@@ -38,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.generator = "lab_gan"
     c.model.discriminator = "dcgan"
-    c.model.num_downs = 8  # unet
+    # unet: None = the deepest U-Net the image size allows, at most 8 (U-Net-256); see resolve
+    c.model.num_downs = ml_collections.FieldReference(None, field_type=int)
     c.model.ngf = 64  # unet
     c.model.dropout_rate = 0.5  # unet
     c.model.dropout_at_inference = False  # unet: pix2pix keeps dropout on at test time
@@ -90,8 +93,6 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str | None):
     config.train.image_every = 100
     config.train.eval_every = 100
     config.train.checkpoint_every = 100
-    if config.model.generator == "unet":
-        config.model.num_downs = min(config.model.num_downs, max_downs(64))
     return config
 
 
@@ -100,7 +101,6 @@ def pix2pix(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     constant learning rate for the first half, then linear decay to 0."""
     config.model.generator = "unet"
     config.model.discriminator = "patchgan"
-    config.model.num_downs = 8
     config.model.n_layers = 3
     config.loss.adversarial = "bce"
     config.loss.reconstruction = "l1"
@@ -109,6 +109,34 @@ def pix2pix(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.optim.decay_start = 0.5
     config.train.batch_size = 4
     return config
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills the values that depend on others: ``model.num_downs`` (None -> the deepest U-Net
+    ``data.image_size`` allows, at most 8). Returns ``config`` (changed in place)."""
+    if config.model.get("num_downs") is None:
+        config.model.num_downs = min(MAX_NUM_DOWNS, max_downs(config.data.image_size))
+    return config
+
+
+def upgrade(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config saved by a run (any version) on today's defaults: keys added since get their
+    default, so runs written by earlier versions load unchanged. Resolved (see ``resolve``)."""
+    config = base_config()
+    for key, value in saved.items():
+        if isinstance(value, ml_collections.ConfigDict) and key in config:
+            for name, item in value.items():
+                config[key][name] = item
+        else:
+            config[key] = value
+    return resolve(config)
+
+
+def size_multiple(config: ml_collections.ConfigDict) -> int:
+    """What the generator's input height and width must be multiples of."""
+    if config.model.generator == "unet":
+        return 2 ** int(resolve(config).model.num_downs)
+    return 4  # lab_gan: two stride-2 convolutions, then two transposed ones
 
 
 def _check(ok: bool, key: str, value, need: str) -> None:
@@ -129,7 +157,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
            f"one of {sorted(models.GENERATORS)}")
     _check(m.discriminator in models.DISCRIMINATORS, "model.discriminator", m.discriminator,
            f"one of {sorted(models.DISCRIMINATORS)}")
-    if m.generator == "unet":
+    if m.generator == "unet" and m.num_downs is None:
+        _check(max_downs(d.image_size) >= 5, "data.image_size", d.image_size,
+               "a multiple of 32 for the U-Net (model.num_downs >= 5)")
+    elif m.generator == "unet":
         _check(m.num_downs >= 5, "model.num_downs", m.num_downs, ">= 5 (U-Net-256 uses 8)")
         _check(d.image_size % 2**m.num_downs == 0, "model.num_downs", m.num_downs,
                f"data.image_size={d.image_size} must be divisible by 2**num_downs; "

@@ -13,7 +13,7 @@ import time
 import cv2
 import numpy as np
 
-from jaxcolor import colour
+from jaxcolor import colour, runs
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -71,7 +71,7 @@ class Summary:
             return None
         grid = image_grid(rows)
         self._writer.add_image(name, grid, step, dataformats="HWC")
-        path = os.path.join(self.workdir, "samples", f"{name}_{step:07d}.png")
+        path = runs.samples_path(self.workdir, f"{name}_{step:07d}.png")
         write_png(path, grid)
         return path
 

@@ -32,11 +32,11 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import config as config_lib
-from jaxcolor import data, metrics, sharding
+from jaxcolor import data, metrics, runs, sharding
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.summary import Summary
 from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
-from jaxcolor.train_step import make_predict, make_train_step
+from jaxcolor.train_step import make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -66,50 +66,55 @@ class StopRequest:
         return self.signal_name is not None
 
 
-def _local_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """This process's rows of a batch every process holds whole."""
-    n, i = jax.process_count(), jax.process_index()
-    return {k: np.array_split(v, n)[i] for k, v in batch.items()}
-
-
 class Validator:
-    """Validation losses, image metrics and the sample grid on fixed validation images."""
+    """Validation losses, image metrics and the sample grid on fixed validation images.
 
-    def __init__(self, gan: GAN, config: ml_collections.ConfigDict, files: list[str], mesh):
-        self.gan, self.mesh = gan, mesh
-        self.batches, self.skipped = data.eval_batches(
-            files,
-            image_size=config.data.image_size,
-            batch_size=config.train.batch_size,
-            skip_grayscale=config.data.skip_grayscale,
-            max_images=config.data.num_val_images,
-        )
-        predict = make_predict(gan)
-        self._predict = jax.jit(
-            lambda g, batch: predict(g, gan.task.split(batch)[0], jax.random.key(0)),
-            out_shardings=sharding.replicated(mesh),
-        )
+    Scores exactly as ``evaluate`` does: the same examples (``evaluate.ground_truth``), the same
+    prediction (``predictor.Predictor.predict_square``, batches of ``train.batch_size``) and the
+    same metric code (``evaluate.measure``), so ``val/<metric>`` equals ``evaluate`` on the
+    validation images at the same step. Each validation is also appended to the run folder's
+    ``validation.jsonl`` (model and gray baseline), which ``jaxcolor.load`` reports.
+    """
 
-    def __call__(self, g_state) -> tuple[dict[str, float], list[list[np.ndarray]]]:
+    def __init__(self, gan: GAN, config: ml_collections.ConfigDict, files: list[str], mesh,
+                 workdir: str | None = None):
+        from jaxcolor import evaluate
+        from jaxcolor.inference import generator_apply
+        from jaxcolor.predictor import Predictor
+
+        self.gan, self.workdir = gan, workdir
+        self.skipped: list[str] = []
+        examples = [example for _, example in evaluate.ground_truth(
+            files, config.data.image_size, config.data.skip_grayscale,
+            config.data.num_val_images, self.skipped)]
+        self.batches = examples  # truthy when there is something to validate
+        self.predictor = Predictor(gan.task, generator_apply(gan.generator), mesh,
+                                   config.train.batch_size)
+        if examples:
+            stacked = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+            self.truth = evaluate.truth_rgb(stacked)
+            self.target = np.asarray(gan.task.split(stacked)[1])
+            values, _ = evaluate.measure(self.truth, self.truth)  # gray row: images only
+            self.gray = evaluate.mean_metrics(values[evaluate.GRAY])
+
+    def __call__(self, g_state, step: int | None = None
+                 ) -> tuple[dict[str, float], list[list[np.ndarray]]]:
         """Mean validation losses and metrics (``val/<name>``) and grid rows
-        (gray input | generated | ground truth)."""
-        task, rows, sq, ab, per_image = self.gan.task, [], [], [], []
+        (gray input | generated | ground truth). With ``step``, process 0 records them."""
+        from jaxcolor import evaluate
+
         if not self.batches:
             return {}, []
-        for batch in self.batches:
-            device_batch = sharding.to_global(_local_slice(batch), self.mesh)
-            out = np.asarray(self._predict(g_state, device_batch))  # replicated: no gather
-            valid = batch["valid"]
-            cond, target = (np.asarray(x) for x in task.split(batch))
-            sq.append(np.square(out - target)[valid].mean(axis=(1, 2, 3)))
-            ab.append(np.abs(out - target)[valid].mean(axis=(1, 2, 3)))
-            truth = (batch["rgb"] + 1.0) / 2.0
-            gray, pred = task.cond_to_rgb(cond), task.to_rgb(cond, out)
-            rows += [[gray[i], pred[i], truth[i]] for i in np.flatnonzero(valid)]
-            per_image.append(metrics.image_metrics(pred[valid], truth[valid]))
-        means = {k: float(np.mean(np.concatenate([p[k] for p in per_image])))
-                 for k in per_image[0]}
-        means.update(mse=float(np.concatenate(sq).mean()), l1=float(np.concatenate(ab).mean()))
+        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
+        pred, out = self.predictor.predict_square(variables, self.truth)
+        values, _ = evaluate.measure(pred, self.truth)
+        means = evaluate.mean_metrics(values[evaluate.MODEL])
+        if step is not None and self.workdir is not None and jax.process_index() == 0:
+            runs.append_validation(self.workdir, step, means, self.gray)
+        means.update(mse=float(np.square(out - self.target).mean()),
+                     l1=float(np.abs(out - self.target).mean()))
+        gray = metrics.gray_baseline(self.truth)
+        rows = [[gray[i], pred[i], self.truth[i]] for i in range(len(pred))]
         return {f"val/{k}": v for k, v in means.items()}, rows
 
 
@@ -155,6 +160,7 @@ def _report_skipped(reasons: np.ndarray, counter: dict[str, int]) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     """Trains (or resumes) the run in ``workdir`` until ``train.num_steps``; returns the state."""
     mesh = sharding.make_mesh()
+    config_lib.resolve(config)
     config_lib.validate(config, jax.device_count(), jax.process_count())
     is_main = jax.process_index() == 0
     cfg_t, cfg_d = config.train, config.data
@@ -172,8 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             f"(validation: {len(splits['validation'])}). Set --config.data.dir for real data."
         )
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        runs.write_config(workdir, config)
 
     replicated = sharding.replicated(mesh)
     state = jax.jit(
@@ -199,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     )
     batches: Iterator = iter(train_ds)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        runs.checkpoint_dir(workdir),
         every=cfg_t.checkpoint_every,
         keep=cfg_t.keep_checkpoints,
         is_main=is_main,
@@ -209,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         state = checkpointer.restore(state, batches)
         summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
 
-    validator = Validator(gan, config, splits["validation"], mesh)
+    validator = Validator(gan, config, splits["validation"], mesh, workdir)
     counter = {"skipped": 0}
     _report_skipped(validator.skipped, counter)
     if not validator.batches:
@@ -258,7 +263,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                 pending, wait_time, last_time, last_step = [], 0.0, now, step
             grid_due = step % cfg_t.image_every == 0 or step == cfg_t.num_steps
             if grid_due or step % cfg_t.eval_every == 0:
-                val_metrics, rows = validator(state.g)
+                val_metrics, rows = validator(state.g, step)
                 summary.scalars(step, val_metrics)
                 if grid_due and rows:
                     summary.grid(step, "val_samples", rows)
@@ -322,8 +327,13 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["config"])
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (``jaxcolor-train``): the same flags as ``python -m``."""
     from absl import app
 
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,4 +1,4 @@
-"""The one train step every model uses, and the generator's inference step.
+"""The one train step every model uses (inference lives in ``jaxcolor.predictor``).
 
 Update order per step (pix2pix's): G forward; ``optim.d_updates`` D updates on the detached
 fakes; ``optim.g_updates`` G updates against the updated D. The first G update reuses the
@@ -101,17 +101,3 @@ def make_train_step(
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return train_step
-
-
-def make_predict(gan: GAN) -> Callable[[NetState, jax.Array, jax.Array], jax.Array]:
-    """``(g_state, cond, rng) -> output`` with G in inference mode (running BN statistics)."""
-
-    def predict(g: NetState, cond: jax.Array, rng: jax.Array) -> jax.Array:
-        return gan.generator.apply(
-            {"params": g.params, "batch_stats": g.batch_stats},
-            cond,
-            train=False,
-            rngs={"dropout": rng},
-        )
-
-    return predict
