@@ -168,6 +168,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
 
     splits = data.find_splits(cfg_d.dir, cfg_d.val_fraction, cfg_t.seed)
     where = cfg_d.dir or "the built-in sample photos"
+    if not splits["train"]:
+        raise ValueError(f"data.dir={where}: no Train/ folder to train on (it holds only "
+                         "Validation/ or Test/; evaluate it with jaxcolor.evaluate instead)")
     data.check_usable(splits["train"], f"data.dir={where}", cfg_d.skip_grayscale)
 
     os.makedirs(workdir, exist_ok=True)

@@ -16,7 +16,7 @@ from jaxcolor import colorize, colour, data, inference
 
 
 @pytest.fixture(scope="module")
-def colorizer(lab_run) -> inference.Colorizer:
+def colorizer(lab_run):
     return inference.load_run(lab_run, batch_size=2)
 
 

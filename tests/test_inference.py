@@ -1,5 +1,6 @@
-"""load_run (latest, numbered and best steps, generator-only restore) and the Colorizer:
-fixed-batch prediction, any-resolution recombination keeping L, gamut fitting, smoothing."""
+"""The inference core (``jaxcolor.predictor``) and run loading: generator-only restore, step
+selection, batch independence, any-size recombination keeping L, buckets, pixel-strip
+recombination, gamut fitting and temporal smoothing."""
 
 from __future__ import annotations
 
@@ -10,109 +11,156 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_run
+from conftest import synthetic_photo, tiny_run
 
-from jaxcolor import colour, data, inference
+from jaxcolor import colour, data, inference, predictor, runs
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.train_state import build_gan, init_state
 
 
 @pytest.fixture(scope="module")
-def lab(lab_run) -> inference.Colorizer:
+def lab(lab_run) -> predictor.Model:
     return inference.load_run(lab_run, batch_size=2)
 
 
 def _photo(seed: int, height: int, width: int) -> np.ndarray:
-    from conftest import synthetic_photo
-
     return synthetic_photo(seed, height, width).astype(np.float32) / 255.0
+
+
+def _lightness(rgb: np.ndarray) -> np.ndarray:
+    return colour.rgb_to_lab(predictor.to_float(rgb))[..., 0]
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def test_load_run_restores_the_trained_generator(lab_run, lab):
-    assert lab.step == 3 and lab.task.name == "lab" and lab.image_size == 32
-    assert lab.g.opt_state is None  # only the generator's parameters and statistics
-    gan = build_gan(lab.config)
+def test_load_run_restores_the_trained_generator(lab_run):
+    config, step, variables = inference.restore_generator(lab_run)
+    assert step == 3 and config.data.task == "lab" and set(variables) == {"params",
+                                                                         "batch_stats"}
+    gan = build_gan(config)
     abstract = jax.eval_shape(lambda k: init_state(gan, k, 32), jax.random.PRNGKey(0))
-    checkpointer = Checkpointer(os.path.join(lab_run, "checkpoints"), every=100, keep=3)
+    checkpointer = Checkpointer(runs.checkpoint_dir(lab_run), every=100, keep=3)
     full = checkpointer.restore(abstract, None)  # the trainer's path, state item only
     checkpointer.close()
-    for got, want in zip(jax.tree.leaves((lab.g.params, lab.g.batch_stats)),
+    for got, want in zip(jax.tree.leaves((variables["params"], variables["batch_stats"])),
                          jax.tree.leaves((full.g.params, full.g.batch_stats)), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_step_selection(lab_run, tmp_path):
-    assert inference.load_run(lab_run, step=2).step == 2
-    assert inference.load_run(lab_run, step="latest").step == 3
+    assert inference.load_run(lab_run, step=2).metadata["step"] == 2
+    assert inference.load_run(lab_run, step="latest").metadata["step"] == 3
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 \(have \[2, 3\]\)"):
         inference.load_run(lab_run, step=7)
     # The trainer records its best checkpoint (validation AuC, evaluated at the last step).
-    with open(os.path.join(lab_run, "checkpoints", inference.BEST_STEP_FILE)) as f:
-        recorded = json.load(f)
-    assert recorded["metric"] == "auc"
-    assert inference.load_run(lab_run, step="best").step == recorded["step"] == 3
+    best = runs.read_best(runs.checkpoint_dir(lab_run))
+    assert best["metric"] == "auc"
+    assert inference.load_run(lab_run, step="best").metadata["step"] == best["step"] == 3
     run = shutil.copytree(lab_run, tmp_path / "run")
-    os.remove(run / "checkpoints" / inference.BEST_STEP_FILE)
+    os.remove(runs.best_step_path(runs.checkpoint_dir(str(run))))
+    assert runs.default_step(str(run)) is None and runs.default_step(lab_run) == "best"
     with pytest.raises(FileNotFoundError, match="best_step.json"):
         inference.load_run(str(run), step="best")
-    with open(run / "checkpoints" / inference.BEST_STEP_FILE, "w") as f:
-        json.dump({"step": 2, "metric": "val/l1", "value": 0.1}, f)
-    assert inference.load_run(str(run), step="best").step == 2
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        inference.load_run(str(tmp_path))
-    assert inference.parse_step("best") == "best" and inference.parse_step("12") == 12
-    assert inference.parse_step("latest") is None
+    runs.write_best(runs.checkpoint_dir(str(run)), {"step": 2, "metric": "l1", "value": 0.1})
+    assert inference.load_run(str(run), step="best").metadata["step"] == 2
+    with pytest.raises(FileNotFoundError, match="neither a run folder"):
+        inference.load(str(tmp_path))
+    assert runs.parse_step("best") == "best" and runs.parse_step("12") == 12
+    assert runs.parse_step("latest") is None
     with pytest.raises(ValueError, match="--step"):
-        inference.parse_step("newest")
+        runs.parse_step("newest")
 
 
 # ----------------------------------------------------------------------------- prediction
 
 
-def test_predict_rgb_is_batch_independent_and_keeps_l(lab):
+def test_predict_square_is_batch_independent_and_keeps_l(lab):
     images = np.stack([_photo(i, 32, 32) for i in range(5)])  # 5 = 2 + 2 + 1 padded
-    together = lab.predict_rgb(images)
-    alone = np.concatenate([lab.predict_rgb(images[i : i + 1]) for i in range(5)])
-    assert together.shape == images.shape
+    together, raw = lab.predict_square(images)
+    alone = np.concatenate([lab.predict_square(images[i : i + 1])[0] for i in range(5)])
+    assert together.shape == images.shape and raw.shape == (5, 32, 32, 2)
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    l_in, l_out = (colour.rgb_to_lab(x)[..., 0] for x in (images, together))
-    assert np.abs(l_in - l_out).max() < 0.5
+    assert np.abs(_lightness(images) - _lightness(together)).max() < 0.5
 
 
 @pytest.mark.parametrize("experiment", ["lab_gan", "pix2pix", "pix2pix_lab"])
 def test_colorize_any_size_keeps_size_and_l(experiment, lab_run, tmp_path_factory):
     if experiment == "lab_gan":
-        colorizer = inference.load_run(lab_run, batch_size=2)
+        model = inference.load_run(lab_run, batch_size=2)
     else:  # both pix2pix variants (gray_rgb and lab tasks), fresh weights
-        colorizer = inference.load_run(tiny_run(tmp_path_factory, experiment, trained=False))
+        model = inference.load_run(tiny_run(tmp_path_factory, experiment, trained=False))
     image = _photo(7, 45, 70)  # neither square nor the model's 32x32
-    out = colorizer.colorize(image)
+    out = model.colorize(image)
     assert out.shape == image.shape and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
-    l_in, l_out = colour.rgb_to_lab(image)[..., 0], colour.rgb_to_lab(out)[..., 0]
-    assert np.abs(l_in - l_out).max() < 1.0
+    l_in = _lightness(image)
+    assert np.abs(l_in - _lightness(out)).max() < 1.0
     # The same photo in gray gives the same result: only L reaches the network.
-    gray = np.repeat(colour.lab_to_rgb(np.dstack([l_in, np.zeros_like(image[..., :2])]))[
-        ..., :1], 3, axis=-1)
-    np.testing.assert_allclose(colorizer.colorize(gray), out, atol=0.02)
+    gray = colour.lab_to_rgb(np.dstack([l_in, np.zeros_like(image[..., :2])]))[..., 0]
+    np.testing.assert_allclose(model.colorize(gray), out, atol=0.02)
+
+
+def test_bucket_shapes_are_bounded():
+    sizes = {predictor.bucket_shape(h, w, 256, 32)[1] for h in range(40, 2000, 37)
+             for w in range(40, 2000, 41)}
+    lengths = predictor.bucket_lengths(256, 32)
+    assert len(sizes) <= 2 * len(lengths) - 1 == 15
+    assert all(h % 32 == 0 and w % 32 == 0 and min(h, w) == 256 for h, w in sizes)
+    # Aspect kept (short side = size) where a bucket holds it; long panoramas are squeezed.
+    content, padded = predictor.bucket_shape(3000, 4000, 256, 32)  # 4:3 -> the 1.5 bucket
+    assert content == (256, 341) and padded == (256, 384)
+    content, padded = predictor.bucket_shape(100, 1000, 256, 32)
+    assert content == padded == (256, 1024)
+    content, padded = predictor.bucket_shape(50, 40, 30, 4)  # portrait, size not a multiple
+    assert content == (38, 30) and padded == (40, 32)
+
+
+def test_render_size_and_program_bound(lab):
+    image = _photo(2, 60, 90)
+    calls = lab.device_calls
+    big = lab.colorize(image, render_size=64)
+    assert big.shape == image.shape and lab.device_calls == calls + 1
+    assert np.abs(_lightness(image) - _lightness(big)).max() < 1.0
+    assert lab.max_programs == (2 * len(predictor.bucket_lengths(32, 4)) - 1) * 2
+    with pytest.raises(ValueError, match="render_size"):
+        lab.colorize(image, render_size=3)
+
+
+def test_strips_give_the_same_rgb_as_one_piece():
+    rng = np.random.default_rng(0)
+    image = (rng.random((37, 29, 3)) * 255).astype(np.uint8)
+    ab = rng.normal(0, 40, (8, 6, 2)).astype(np.float32)
+    whole = predictor.to_rgb(image, ab, dtype=np.uint8, strip_pixels=10**9)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        strips = predictor.to_rgb(image, ab, dtype=np.uint8, strip_pixels=29 * 5, pool=pool)
+    np.testing.assert_array_equal(whole, strips)
+    # Chroma upsampled like cv2.resize's bilinear; L is the input's own.
+    flat = np.broadcast_to(np.float32([20.0, -10.0]), (8, 6, 2))
+    gray = np.full((30, 50, 3), 0.5, np.float32)
+    out = predictor.to_rgb(gray, flat)
+    want_l = colour.rgb_to_lab(gray)[..., 0]
+    np.testing.assert_allclose(colour.rgb_to_lab(out),
+                               np.dstack([want_l, np.broadcast_to([20, -10], (30, 50, 2))]),
+                               atol=0.3)
 
 
 def test_temporal_smoothing_blends_chroma(lab):
     frames = [_photo(i, 40, 48) for i in (3, 4, 5)]
-    prepared = [lab.prepare(f) for f in frames]
-    ab = lab.predict_ab(np.stack([p.small_rgb for p in prepared]))
-    outputs = [out for _, out in lab.stream(enumerate(prepared), temporal_smoothing=0.25)]
-    smoothed = ab[0]
-    for i, p in enumerate(prepared):
+    nets = [predictor.network_input(f, 32, 4) for f in frames]
+    ab = [lab._predictor.chroma(*lab._predictor.dispatch(lab._variables, n.rgb[None]))[0]
+          for n in nets]
+    h, w = nets[0].content
+    outputs = [o for _, o in lab.stream(enumerate(frames), temporal_smoothing=0.25)]
+    smoothed = ab[0][:h, :w]
+    for i, frame in enumerate(frames):
         if i:
-            smoothed = 0.75 * ab[i] + 0.25 * smoothed
-        np.testing.assert_allclose(outputs[i], inference.recombine(p.lightness, smoothed),
-                                   atol=1e-5)
+            smoothed = 0.75 * ab[i][:h, :w] + 0.25 * smoothed
+        np.testing.assert_allclose(outputs[i], predictor.to_rgb(frame, smoothed), atol=1e-5)
     with pytest.raises(ValueError, match="temporal_smoothing"):
-        list(lab.stream(enumerate(prepared), temporal_smoothing=1.5))
+        list(lab.stream(enumerate(frames), temporal_smoothing=1.5))
 
 
 # ----------------------------------------------------------------------------- colour helpers
@@ -135,23 +183,23 @@ def test_lab_to_rgb_in_gamut_keeps_l_and_hue():
     assert np.abs(hue_gap[chroma > 5]).max() < 0.1  # radians: desaturated, same hue
 
 
-def test_recombine_upsamples_chroma_to_the_full_size():
-    lightness = np.full((30, 50), 60.0, np.float32)
-    ab = np.zeros((8, 8, 2), np.float32)
-    ab[..., 0], ab[..., 1] = 20.0, -10.0
-    out = inference.recombine(lightness, ab)
-    assert out.shape == (30, 50, 3)
-    np.testing.assert_allclose(colour.rgb_to_lab(out), np.broadcast_to([60, 20, -10], (30, 50, 3)),
-                               atol=0.3)
-
-
 def test_decoded_16bit_alpha_input_colorizes(lab, tmp_path):
     import cv2
 
     rgba = np.random.default_rng(1).integers(0, 65535, (21, 34, 4), dtype=np.uint16)
     path = str(tmp_path / "deep.png")
     cv2.imwrite(path, rgba)
-    image = data.load_rgb(path)
-    out = lab.colorize(image)
-    assert out.shape == (21, 34, 3)
-    assert np.abs(colour.rgb_to_lab(out)[..., 0] - colour.rgb_to_lab(image)[..., 0]).max() < 1.0
+    out = lab.colorize(path)
+    assert out.shape == (21, 34, 3) and out.dtype == np.uint16
+    assert np.abs(_lightness(out) - _lightness(data.load_image(path))).max() < 1.0
+
+
+def test_validation_record_is_in_the_metadata(lab_run, lab):
+    with open(os.path.join(lab_run, runs.VALIDATION_FILE)) as f:
+        records = [json.loads(line) for line in f]
+    assert records and records[-1]["step"] == 3
+    meta = lab.metadata
+    assert meta["metrics"] == {"model": records[-1]["model"],
+                               "gray_baseline": records[-1]["gray_baseline"]}
+    assert set(meta["metrics"]["model"]) >= {"auc", "psnr", "ssim"}
+    json.dumps(meta)  # JSON-serialisable

@@ -1,6 +1,7 @@
 """Finding photos and splitting them into train / validation / test.
 
-The Flickr1024 layout (``Train/``, ``Validation/``, ``Test/``, any case) is used as is; any other
+The Flickr1024 layout (``Train/``, ``Validation/``, ``Test/``, any case; any one of them makes a
+split layout, so a folder with only ``Test/`` is a test set) is used as is; any other
 folder gets a deterministic held-out split keyed by file name, with stereo views
 (``0001_L``/``0001_R``) kept together. Without a folder, the built-in sample photos (from
 scikit-image, no download) are used.
@@ -62,19 +63,28 @@ def find_splits(root: str | None, val_fraction: float = 0.1, seed: int = 0) -> d
     """Files of each split (``train``, ``validation``, ``test``) under ``root``.
 
     ``root=None`` gives the built-in sample photos. A folder with no image raises ValueError.
+    A split layout without ``Train/`` has an empty train split (fine to evaluate, not to train);
+    a missing ``Test/`` borrows ``Validation/`` and the other way round.
     """
     if root is None:
         return {s: [SAMPLE_PREFIX + n for n in names] for s, names in SAMPLE_SPLITS.items()}
     if not os.path.isdir(root):
         raise ValueError(f"data.dir={root!r} is not a directory")
-    subdirs = {d.lower(): os.path.join(root, d) for d in os.listdir(root)}
-    if "train" in subdirs and os.path.isdir(subdirs["train"]):
-        splits = {s: list_images(subdirs[s]) if s in subdirs else [] for s in SPLITS}
-        if not splits["train"]:
+    subdirs = {d.lower(): os.path.join(root, d) for d in os.listdir(root)
+               if os.path.isdir(os.path.join(root, d))}
+    if any(FLICKR_SPLIT_DIRS[s] in subdirs for s in SPLITS):
+        # A split layout, even without Train/ (a test set handed over on its own).
+        splits = {s: list_images(subdirs[FLICKR_SPLIT_DIRS[s]])
+                  if FLICKR_SPLIT_DIRS[s] in subdirs else [] for s in SPLITS}
+        if not any(splits.values()):
+            raise ValueError(f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                             f"under its {', '.join(sorted(subdirs))} folders")
+        if "train" in subdirs and not splits["train"]:
             raise ValueError(f"data.dir={root!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                              f"under {subdirs['train']!r}")
         splits["validation"] = splits["validation"] or splits["test"]
-        if splits["validation"]:
+        splits["test"] = splits["test"] or splits["validation"]
+        if splits["validation"] or not splits["train"]:
             return splits
         files = splits["train"]  # Train/ alone: hold out part of it as below
     else:
