@@ -378,8 +378,9 @@ def _main(argv: Sequence[str]) -> None:
             raise app.UsageError(f"unexpected arguments {extra} (did you mean --compare?)")
         report = evaluate_run(FLAGS.workdir, FLAGS.split, step, data_dir, FLAGS.max_images,
                               batch_size=FLAGS.batch_size, images_dir=FLAGS.images)
+        what = "" if report["split"] == IMAGES_SPLIT else f"{report['split']} "
         print(f"{report['experiment']} step {report['step']}: {report['num_images']} "
-              f"{report['split']} images at {report['image_size']}px "
+              f"{what}images at {report['image_size']}px "
               f"({report['data_dir'] or 'built-in sample photos'}), "
               f"{report['num_skipped']} skipped\n")
         print(reports.report_table(report))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_photo, tiny_run, write_photos
 
-from jaxcolor import data, evaluate, metrics
+from jaxcolor import data, evaluate, metrics, reports, runs
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
         saved = json.load(f)
     assert set(saved["metrics"]) == {"model", "gray_baseline"}
     for row in saved["metrics"].values():
-        assert set(row) == {key for key, _, _ in evaluate.COLUMNS}
+        assert set(row) == {key for key, _, _ in reports.COLUMNS}
         assert all(v["n"] == n for v in row.values())
         assert 0.0 <= row["auc"]["mean"] <= 100.0 and row["ssim"]["mean"] <= 1.0
     assert saved["files"] == report["files"] and len(saved["files"]) == n
@@ -61,7 +61,7 @@ def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
                                                                                abs=1e-3)
     assert saved["metrics"]["gray_baseline"]["cf"]["mean"] < 0.5
 
-    table = evaluate.report_table(report)
+    table = reports.report_table(report)
     assert "| gray (ab = 0) |" in table and f"{os.path.basename(lab_run)} @ 3" in table
 
 
@@ -119,9 +119,48 @@ def test_cli_compare_two_runs(lab_run, pix2pix_run, tmp_path):
 
 
 def test_markdown_table_formats_mean_and_interval():
-    summary = metrics.summarize({key: np.array([1.0, 3.0]) for key, _, _ in evaluate.COLUMNS})
-    single = metrics.summarize({key: np.array([2.0]) for key, _, _ in evaluate.COLUMNS})
-    table = evaluate.markdown_table([("a", summary), ("b", single)]).splitlines()
+    summary = metrics.summarize({key: np.array([1.0, 3.0]) for key, _, _ in reports.COLUMNS})
+    single = metrics.summarize({key: np.array([2.0]) for key, _, _ in reports.COLUMNS})
+    table = reports.markdown_table([("a", summary), ("b", single)]).splitlines()
     assert len(table) == 4 and table[0].startswith("| prediction | n | PSNR")
     assert "| 2.00 ± 12.71 |" in table[2]  # t(0.975, 1) * 1 = 12.706
     assert table[3].startswith("| b | 1 | 2.00 | 2.000 |")  # no interval from one image
+
+
+def test_trainer_validation_equals_evaluate(lab_run):
+    """The trainer's logged val/<metric> is evaluate's number on the same files and step."""
+    config = runs.read_config(lab_run)
+    logged = runs.read_validation(lab_run, 3)
+    assert logged is not None
+    report = evaluate.evaluate_run(lab_run, "validation", step=3,
+                                   max_images=config.data.num_val_images, write=False)
+    assert report["num_images"] == config.data.num_val_images
+    for name in ("model", "gray_baseline"):
+        for key, value in logged[name].items():
+            assert report["metrics"][name][key]["mean"] == pytest.approx(value, abs=1e-5), key
+
+
+def test_images_scores_every_file_recursively(lab_run, tmp_path):
+    root = tmp_path / "mine"
+    write_photos(str(root), 3)
+    write_photos(str(root / "deeper" / "still"), 4, ext=".jpg", start=20)
+    write_photos(str(root / "Train"), 2, start=40)  # just a folder name here: scored too
+    result = _cli("--workdir", lab_run, "--images", str(root), "--batch_size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "step 3: 9 images at 32px" in result.stdout
+    with open(os.path.join(lab_run, "eval", "images-3.json")) as f:
+        saved = json.load(f)
+    assert saved["num_images"] == 9 and saved["split"] == "images"
+    assert saved["metrics"]["model"]["auc"]["n"] == 9
+    # The printed table's n column counts the images scored.
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert rows and all(line.split("|")[2].strip() == "9" for line in rows)
+
+
+def test_test_only_folder_is_the_test_split(lab_run, tmp_path):
+    root = tmp_path / "handed_over"
+    write_photos(str(root / "Test"), 9)
+    splits = data.find_splits(str(root))
+    assert len(splits["test"]) == 9 and splits["train"] == []
+    report = evaluate.evaluate_run(lab_run, "test", data_dir=str(root), write=False)
+    assert report["num_images"] == 9
