@@ -382,10 +382,9 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
     """Console entry point (``jaxcolor-colorize``): the same flags as ``python -m``."""
-    from absl import app
+    from jaxcolor.cli import run_app
 
-    _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    run_app(lambda argv: sys.exit(main(argv)), _define_flags)
 
 
 if __name__ == "__main__":

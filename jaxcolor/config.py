@@ -114,8 +114,9 @@ def pix2pix(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Fills the values that depend on others: ``model.num_downs`` (None -> the deepest U-Net
     ``data.image_size`` allows, at most 8). Returns ``config`` (changed in place)."""
-    if config.model.get("num_downs") is None:
-        config.model.num_downs = min(MAX_NUM_DOWNS, max_downs(config.data.image_size))
+    deepest = min(MAX_NUM_DOWNS, max_downs(config.data.image_size))
+    if config.model.get("num_downs") is None and deepest >= 5:  # else validate names the size
+        config.model.num_downs = deepest
     return config
 
 

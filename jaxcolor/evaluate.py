@@ -390,10 +390,9 @@ def _main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console entry point (``jaxcolor-evaluate``): the same flags as ``python -m``."""
-    from absl import app
+    from jaxcolor.cli import run_app
 
-    _define_flags()
-    app.run(main)
+    run_app(main, _define_flags)
 
 
 if __name__ == "__main__":

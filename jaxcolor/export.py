@@ -138,11 +138,12 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console entry point (``jaxcolor-export``): the same flags as ``python -m``."""
-    from absl import app, logging
+    from absl import logging
 
-    _define_flags()
+    from jaxcolor.cli import run_app
+
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    run_app(main, _define_flags)
 
 
 if __name__ == "__main__":

@@ -332,10 +332,9 @@ def _define_flags() -> None:
 
 def run() -> None:
     """Console entry point (``jaxcolor-train``): the same flags as ``python -m``."""
-    from absl import app
+    from jaxcolor.cli import run_app
 
-    _define_flags()
-    app.run(main)
+    run_app(main, _define_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Runs written by the previous version (``tests/fixtures/wave1_pix2pix_lab``, made with commit
+cdd38b3) still load, evaluate, colorize, export and resume training."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, synthetic_photo, write_photos
+
+import jaxcolor
+from jaxcolor import config as config_lib
+from jaxcolor import evaluate, export, inference, runs
+from jaxcolor.checkpoints import Checkpointer
+from jaxcolor.train_state import build_gan, init_state
+
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "wave1_pix2pix_lab")
+
+
+@pytest.fixture
+def old_run(tmp_path) -> tuple[str, str]:
+    """A writable copy of the fixture run and a folder of the photos it was trained on."""
+    run = str(tmp_path / "run")
+    shutil.copytree(FIXTURE, run)
+    photos = str(tmp_path / "photos")
+    write_photos(photos, 6)
+    return run, photos
+
+
+def test_old_run_loads_evaluates_colorizes_and_exports(old_run, tmp_path):
+    run, photos = old_run
+    model = jaxcolor.load(run, step="best")
+    assert model.metadata["step"] == 2 and model.metadata["metrics"] is None
+    assert model.metadata["task"] == "lab" and model.image_size == 32
+    image = synthetic_photo(9, 40, 50)
+    out = model.colorize(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+
+    report = evaluate.evaluate_run(run, "test", data_dir=photos, write=False)
+    assert report["step"] == 2 and report["num_images"] >= 1
+
+    exported = str(tmp_path / "exported")
+    meta = export.export_run(run, exported, platforms=("cpu",))
+    assert meta["step"] == 2  # the recorded best
+    np.testing.assert_array_equal(jaxcolor.load(exported).colorize(image), out)
+
+
+@pytest.mark.slow
+def test_old_run_resumes_training(old_run):
+    from jaxcolor.train import train
+
+    run, photos = old_run
+    before = inference.restore_generator(run)[2]
+    config = config_lib.upgrade(runs.read_config(run))
+    config.data.dir = photos
+    config.train.num_steps = 3
+    state = train(config, run)
+    assert int(state.step) == 3
+    # Resumed, not restarted: Adam has counted the old run's two updates plus this one.
+    counts = [np.asarray(x) for x in jax.tree.leaves(state.g.opt_state)
+              if np.asarray(x).dtype == np.int32 and np.asarray(x).ndim == 0]
+    assert counts and all(int(c) == 3 for c in counts)
+    # The generator continued from the old weights: one Adam step moves each weight by at
+    # most about the learning rate (2e-4), far less than a fresh initialisation would.
+    gan = build_gan(config)
+    abstract = jax.eval_shape(lambda k: init_state(gan, k, 32), jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(runs.checkpoint_dir(run), every=100, keep=3)
+    resumed = checkpointer.restore(abstract, None, step=3)
+    checkpointer.close()
+    for old, new in zip(jax.tree.leaves(before["params"]), jax.tree.leaves(resumed.g.params),
+                        strict=True):
+        assert np.abs(np.asarray(old) - np.asarray(new)).max() <= 2 * config.optim.g_lr
