@@ -12,14 +12,16 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 
 from jaxcolor import runs
 from jaxcolor.predictor import Model, make_model
 from jaxcolor.runs import Step
+
+if TYPE_CHECKING:
+    import ml_collections
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:
+    import ml_collections
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -71,6 +72,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run saved in ``<workdir>/config.json``."""
+    import ml_collections
+
     path = config_path(workdir)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{workdir!r} is not a run directory: no {CONFIG_FILE}")

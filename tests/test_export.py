@@ -64,7 +64,7 @@ def test_runs_without_flax_or_orbax(exported, tmp_path):
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("flax", "orbax", "ml_collections", "grain"):
+        if name.split(".")[0] in ("flax", "orbax", "ml_collections", "optax"):
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 import numpy as np
