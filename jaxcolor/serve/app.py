@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from jaxcolor import colour, data
 from jaxcolor.serve.batching import Batcher
@@ -220,7 +221,10 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
                             headers={"Retry-After": "1"})
         state["in_progress"] += 1  # the event loop is one thread: no lock needed
         try:
-            raw, name = await _read_upload(request, limits.max_upload_bytes)
+            try:
+                raw, name = await _read_upload(request, limits.max_upload_bytes)
+            except ClientDisconnect:  # nobody is left to answer
+                raise HTTPError(400, "the client disconnected during the upload") from None
             try:
                 image = await run_in_threadpool(_decode, raw, name, limits.max_pixels)
             except data.ImageTooLargeError as e:
