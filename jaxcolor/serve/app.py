@@ -207,7 +207,7 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
         400: {"description": "not an image, or a bad parameter"},
         413: {"description": "over the upload or pixel limit"},
         503: {"description": "too many requests in progress"}})
-    async def colorize(request: Request, format: str = "png",  # noqa: A002 - the query name
+    async def colorize(request: Request, format: str = "png",  # the query parameter's name
                        render_size: int | None = None) -> Response:
         """Colorizes the image sent as the raw body or as multipart field ``file``."""
         fmt = format.lower()
