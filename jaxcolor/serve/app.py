@@ -1,6 +1,7 @@
 """The HTTP service: FastAPI routes over a model from ``jaxcolor.load``.
 
-- ``GET /``: the page (static HTML/JS/CSS shipped in ``jaxcolor/serve/static``).
+- ``GET /``: the page (static HTML/JS/CSS shipped in ``jaxcolor/serve/static``, read into
+  memory at start; ``/static/<name>`` picks from that table, never from the file system).
 - ``POST /api/colorize``: an image as the raw body or as multipart field ``file`` -> the
   colorized image, same size, upright; PNG (16-bit for 16-bit input) or ``?format=jpeg``;
   ``?render_size=N``.
@@ -29,7 +30,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -146,8 +146,16 @@ def _decode(raw: bytes, name: str, max_pixels: int) -> np.ndarray:
     return data.load_image(buf, max_pixels=max_pixels)
 
 
-def _static_text(name: str) -> str:
-    return importlib.resources.files("jaxcolor.serve").joinpath("static", name).read_text("utf-8")
+# The page's files, read once from the package: requests pick one by name from this table and
+# never name a file-system path.
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    folder = importlib.resources.files("jaxcolor.serve").joinpath("static")
+    return {f.name: (f.read_bytes(), STATIC_TYPES[f.name[f.name.rindex("."):]])
+            for f in folder.iterdir() if f.name[f.name.rfind("."):] in STATIC_TYPES}
 
 
 def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
@@ -165,8 +173,7 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
 
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="jaxcolor", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.mount("/static", StaticFiles(packages=[("jaxcolor.serve", "static")]), name="static")
-    index = _static_text("index.html")
+    static = _static_files()
 
     @app.exception_handler(HTTPError)
     async def _http_error(_request: Request, e: HTTPError) -> JSONResponse:
@@ -185,8 +192,16 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
                                        "log"}, 500)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(index)
+    async def page() -> Response:
+        body, kind = static["index.html"]
+        return Response(body, media_type=kind)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> Response:
+        if name not in static:
+            raise HTTPError(404, f"no static file {name!r}")
+        body, kind = static[name]
+        return Response(body, media_type=kind)
 
     @app.get("/api/health")
     async def health() -> JSONResponse:
