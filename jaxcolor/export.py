@@ -1,12 +1,14 @@
 """Export a trained generator as a self-contained model folder (see ``jaxcolor.artifact``).
 
 python -m jaxcolor.export --workdir runs/lab_gan [--step best|latest|N] --out models/lab_gan
-    [--platforms cpu,cuda] [--format jax]
+    [--platforms cpu,cuda] [--format jax|onnx]
 
 The default step is the best checkpoint when the run recorded one, else the latest. The
 generator is serialised with ``jax.export`` for the given platforms, with symbolic batch,
 height and width (height and width as multiples of what the generator needs), so one file serves
 every image size. ``jaxcolor.load(OUT)`` runs it without the run's config, Orbax or flax.
+``--format onnx`` also writes ``generator.onnx`` (``jaxcolor.onnx_export``, jax2onnx), checked
+against JAX with onnxruntime when it is installed.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def _processing(task_name: str, image_size: int, multiple: int) -> dict[str, Any
 
 
 def export_run(workdir: str, out_dir: str, step: Step = "default",
-               platforms: Sequence[str] = PLATFORMS) -> dict[str, Any]:
+               platforms: Sequence[str] = PLATFORMS, formats: Sequence[str] = ("jax",)
+               ) -> dict[str, Any]:
     """Writes the exported model of ``workdir`` at ``step`` into ``out_dir``; returns its
-    metadata. ``step="default"``: the best checkpoint when recorded, else the latest."""
+    metadata. ``step="default"``: the best checkpoint when recorded, else the latest.
+    ``formats`` may add "onnx" (``generator.onnx`` beside the jax.export program)."""
     from jax import export
 
     from jaxcolor import config as config_lib
@@ -101,6 +105,12 @@ def export_run(workdir: str, out_dir: str, step: Step = "default",
         "source_run": os.path.abspath(workdir),
         "files": {"program": artifact.PROGRAM_FILE, "weights": artifact.WEIGHTS_FILE},
     }
+    if "onnx" in formats:
+        from jaxcolor import onnx_export
+
+        metadata["onnx"] = onnx_export.to_onnx(
+            apply, variables, task.cond_channels, config.data.image_size,
+            os.path.join(out_dir, onnx_export.ONNX_FILE))
     with open(os.path.join(out_dir, artifact.METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
     return metadata
@@ -114,7 +124,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("step", None, "Checkpoint: best, latest or a step number (default: best "
                         "when recorded, else latest).")
     flags.DEFINE_list("platforms", list(PLATFORMS), "Platforms to lower for (cpu, cuda, tpu).")
-    flags.DEFINE_enum("format", "jax", ["jax"], "Serialisation: jax (jax.export StableHLO).")
+    flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax: jax.export (StableHLO); onnx: "
+                      "also generator.onnx (needs pip install 'jaxcolor[onnx]').")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -127,7 +138,8 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
     try:
         step = "default" if FLAGS.step is None else runs.parse_step(FLAGS.step)
-        metadata = export_run(FLAGS.workdir, FLAGS.out, step, FLAGS.platforms)
+        formats = ("jax", "onnx") if FLAGS.format == "onnx" else ("jax",)
+        metadata = export_run(FLAGS.workdir, FLAGS.out, step, FLAGS.platforms, formats)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -68,17 +68,18 @@ def _pil_to_array(image: Any) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def as_image(image: Any, name: str = "image") -> np.ndarray:
+def as_image(image: Any, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Any supported input -> upright RGB (H, W, 3) of dtype uint8, uint16 or float32 in [0, 1].
 
     Arrays are taken as RGB (not OpenCV's BGR); (H, W) and (H, W, 1) are gray. Float arrays must
     lie in [0, 1]. Paths, bytes and binary file objects are decoded by ``data.load_image``
-    (EXIF orientation applied). Raises ``data.BadImageError`` or ValueError naming ``name``.
+    (EXIF orientation applied). Raises ``data.BadImageError`` or ValueError naming ``name``;
+    ``data.ImageTooLargeError`` beyond ``max_pixels`` (checked in the header before decoding).
     """
     if isinstance(image, str | os.PathLike | bytes | bytearray | memoryview | io.IOBase) or (
         hasattr(image, "read") and not isinstance(image, np.ndarray)
     ):
-        return data.load_image(image)
+        return data.load_image(image, max_pixels=max_pixels)
     if type(image).__module__.startswith("PIL."):
         image = _pil_to_array(image)
     if not isinstance(image, np.ndarray):
@@ -86,6 +87,10 @@ def as_image(image: Any, name: str = "image") -> np.ndarray:
                          f"binary file object, got {type(image).__name__}")
     if image.ndim == 2:
         image = image[..., None]
+    if max_pixels is not None and image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
+        pixels = image.shape[0] * image.shape[1]
+        raise data.ImageTooLargeError(
+            f"{name}: {pixels:,} pixels, over the limit of {max_pixels:,}", pixels)
     if image.ndim != 3 or image.shape[-1] not in (1, 3) or 0 in image.shape:
         raise ValueError(f"{name}: expected an RGB (H, W, 3) or gray (H, W) / (H, W, 1) array, "
                          f"got shape {image.shape}")
@@ -334,8 +339,11 @@ class Model:
     Attributes: ``metadata`` (JSON-serialisable dict), ``image_size`` (training size, the default
     render size), ``batch_size`` (images per device call), ``device_calls`` (predict calls so
     far), ``max_programs`` (bound on compiled programs per render size: shape buckets x batch
-    buckets). Use one model from one thread at a time.
+    buckets), ``max_pixels`` (None, or the largest input accepted: ``data.ImageTooLargeError``
+    beyond it, from the file header before decoding). Use one model from one thread at a time.
     """
+
+    max_pixels: int | None = None
 
     def __init__(self, predictor: Predictor, variables: Variables, *, image_size: int,
                  multiple: int, metadata: dict[str, Any]):
@@ -380,7 +388,7 @@ class Model:
         return int(render_size)
 
     def _item(self, key: Any, image: Any, name: str, size: int) -> _Item:
-        rgb = as_image(image, name)
+        rgb = as_image(image, name, self.max_pixels)
         dtype = rgb.dtype if rgb.dtype in (np.uint8, np.uint16) else np.float32
         return _Item(key, rgb, dtype, network_input(rgb, size, self.multiple))
 

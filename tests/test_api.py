@@ -117,3 +117,17 @@ def test_colorize_many_batches_mixed_sizes(model):
     for image, out in zip(images, outs, strict=True):
         np.testing.assert_array_equal(out, model.colorize(image))
     assert model.metadata["source"] == "run" and model.image_size == 32
+
+
+def test_max_pixels_refuses_big_inputs_before_decoding(model):
+    big = synthetic_photo(2, 40, 50)
+    encoded = cv2.imencode(".png", big[..., ::-1])[1].tobytes()
+    model.max_pixels = 1000
+    try:
+        for source in (encoded, big):
+            with pytest.raises(data.ImageTooLargeError, match="2,000 pixels") as info:
+                model.colorize(source)
+            assert info.value.pixels == 2000
+        assert model.colorize(big[:20, :50]).shape == (20, 50, 3)  # 1000 pixels: accepted
+    finally:
+        model.max_pixels = None

@@ -106,3 +106,14 @@ def test_pix2pix_exports_with_symbolic_shapes(tmp_path_factory, tmp_path):
     image = synthetic_photo(5, 50, 80)
     np.testing.assert_array_equal(jaxcolor.load(out).colorize(image),
                                   jaxcolor.load(run).colorize(image))
+
+
+def test_onnx_export_matches_jax(tmp_path_factory, tmp_path):
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    for experiment in ("lab_gan", "pix2pix_lab"):
+        run = tiny_run(tmp_path_factory, experiment, trained=False)
+        meta = export.export_run(run, str(tmp_path / experiment), platforms=("cpu",),
+                                 formats=("jax", "onnx"))
+        assert meta["onnx"]["max_abs_diff"] < 1e-4  # tanh outputs in [-1, 1]
+        assert os.path.isfile(tmp_path / experiment / "generator.onnx")
