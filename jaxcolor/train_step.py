@@ -32,8 +32,9 @@ NONFINITE_MODES = ("stop", "skip_step")
 
 
 def all_finite(tree) -> jax.Array:
-    """Whether every element of every array in ``tree`` is finite (a boolean scalar)."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    """Whether every element of every floating array in ``tree`` is finite (a boolean scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
