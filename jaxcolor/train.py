@@ -40,7 +40,7 @@ import numpy as np
 
 from jaxcolor import config as config_lib
 from jaxcolor import data, metrics, sharding
-from jaxcolor.checkpoints import Checkpointer, DiskFullError
+from jaxcolor.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
 from jaxcolor.summary import Summary
 from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
 from jaxcolor.train_step import make_predict, make_train_step
@@ -371,7 +371,7 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(config, workdir)
-    except (NonFiniteError, DiskFullError) as e:
+    except (NonFiniteError, NonFiniteStateError, DiskFullError) as e:
         sys.exit(f"error: {e}")  # exit status 1, the message on stderr
 
 

@@ -8,8 +8,8 @@ D sees real and generated batches in two separate train-mode passes (each with i
 statistics, as in the reference implementation). When G is updated, D runs in train mode too,
 but its running statistics from that pass are dropped: only D's own update moves them.
 
-Every step reports ``metrics["finite"]`` (1.0 or 0.0): whether all its losses and gradients are
-finite, computed on the device, so checking it costs no extra host sync. With
+Every step reports ``metrics["finite"]`` (1.0 or 0.0): whether all its losses, gradients and new
+network states are finite, computed on the device, so checking it costs no extra host sync. With
 ``train.nonfinite=skip_step`` a non-finite step leaves both networks (parameters, BatchNorm
 statistics, optimiser states) as they were; the step counter still advances.
 """
@@ -114,7 +114,8 @@ def make_train_step(
             finite.append(ok)
 
         metrics = {**d_metrics, **g_metrics}
-        finite = jnp.all(jnp.stack(finite)) & all_finite(metrics)
+        # The new states too: Adam's second moment can overflow to inf on finite gradients.
+        finite = jnp.all(jnp.stack(finite)) & all_finite(metrics) & all_finite((g, d))
         if skip_nonfinite:
             # Keep both networks as they were; the step counter (and the data) still advance.
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
