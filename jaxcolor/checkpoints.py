@@ -6,18 +6,115 @@ renames it when complete, so an interrupted save never leaves a checkpoint that 
 
 Retention: the newest ``keep`` checkpoints, plus the best one by a validation metric, recorded in
 ``best_step.json`` (``{"step", "metric", "value"}``) once that checkpoint is on disk.
+
+Faults: a state holding a NaN or inf is never written (``NonFiniteStateError``), so retention
+never deletes a finite checkpoint to make room for a bad one. A full disk during a save raises
+``DiskFullError`` (the partial folder is removed; earlier checkpoints are untouched). A
+checkpoint that cannot be restored is "damaged": ``restore_newest`` reports it, moves it aside
+to ``damaged-<step>`` when asked, and falls back to the next newest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import logging
 import os
-from typing import Any
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxcolor import runs
+from jaxcolor.train_step import all_finite
+
+log = logging.getLogger(__name__)
+DAMAGED_PREFIX = "damaged-"
+T = TypeVar("T")
+
+
+class DamagedCheckpointError(RuntimeError):
+    """No checkpoint could be restored; the message names each damaged folder and why."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint written for different shapes (another model configuration)."""
+
+
+class NonFiniteStateError(ValueError):
+    """A save was asked for a state holding NaN or inf; nothing was written."""
+
+
+class DiskFullError(OSError):
+    """The disk filled up during a save; the message names the folder and the intact steps."""
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    # TensorStore reports ENOSPC as a ValueError carrying the OS message and code.
+    text = str(error)
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+        "No space left on device" in text or "os_error_code='28'" in text)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def restore_newest(
+    directory: str,
+    steps: Sequence[int],
+    restore: Callable[[int], T],
+    *,
+    move_aside: bool = False,
+    warn: Callable[[str], None] = log.warning,
+) -> tuple[int, T]:
+    """``(step, restore(step))`` for the newest of ``steps`` that restores.
+
+    Each step whose ``restore`` raises (other than ``CheckpointMismatchError``, which
+    propagates: a different configuration is not damage) is reported through ``warn`` as
+    damaged, naming its folder and the error, and, with ``move_aside``, renamed to
+    ``<directory>/damaged-<step>`` so it is never tried again. Raises DamagedCheckpointError
+    naming every folder tried when none restores (and FileNotFoundError when ``steps`` is empty).
+
+    The trainer calls it with ``move_aside=True``; readers of a run (evaluate, colorize, export)
+    should leave ``move_aside`` False, as a training process may own the folder.
+    """
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    reasons = []
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(directory, str(step))
+        try:
+            return step, restore(step)
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to read means the files are damaged
+            reason = _first_line(e)
+            reasons.append(f"{folder} ({reason})")
+            moved = ""
+            if move_aside and os.path.isdir(folder):
+                target = os.path.join(directory, f"{DAMAGED_PREFIX}{step}")
+                n = 1
+                while os.path.exists(target):
+                    n += 1
+                    target = os.path.join(directory, f"{DAMAGED_PREFIX}{step}.{n}")
+                os.rename(folder, target)
+                moved = f"; moved to {target}"
+            warn(f"checkpoint {folder} is damaged and cannot be restored ({reason}){moved}; "
+                 "falling back to the next newest checkpoint")
+    raise DamagedCheckpointError("every checkpoint is damaged: " + "; ".join(reasons))
+
+
+def _shapes(tree) -> list[tuple[tuple[int, ...], str]]:
+    return sorted((tuple(getattr(x, "shape", ())), str(np.dtype(getattr(x, "dtype", None))))
+                  for x in jax.tree.leaves(tree))
 
 
 class Checkpointer:
@@ -71,35 +168,104 @@ class Checkpointer:
         """Steps of the checkpoints on disk, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def is_due(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` without ``force`` would write a checkpoint."""
+        return step % self.every == 0 and step not in self._manager.all_steps()
+
+    @contextlib.contextmanager
+    def _disk_full_guard(self, step: int) -> Iterator[None]:
+        """Turns a full disk (reported now or by an earlier async save) into DiskFullError."""
+        try:
+            yield
+        except Exception as e:
+            if not _is_disk_full(e):
+                raise
+            for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+                shutil.rmtree(tmp, ignore_errors=True)  # frees the space the failed save took
+            with contextlib.suppress(Exception):
+                self._manager.reload()
+            intact = self.all_steps()
+            which = f"step {step} or the save before it" if step >= 0 else "the pending save"
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"disk full while saving a checkpoint ({which}) in "
+                f"{self.directory}: {_first_line(e)}. The earlier checkpoints are intact "
+                f"(steps {intact}); free some space and run the same command to resume.",
+            ) from e
+
     def save(self, step: int, state: Any, data_iter: Any | None, *, force: bool = False) -> bool:
-        """Saves at ``step`` when it is due (or ``force``); returns whether it saved."""
+        """Saves at ``step`` when it is due (or ``force``); returns whether it saved.
+
+        Raises NonFiniteStateError (writing nothing) if ``state`` holds NaN or inf, and
+        DiskFullError if the disk fills up.
+        """
         if not force and step % self.every != 0:
             return False
         if step in self._manager.all_steps():
             return False
+        # Saving reads the whole state anyway; this one reduction keeps NaNs off the disk.
+        if not bool(_jit_all_finite(state)):
+            raise NonFiniteStateError(
+                f"not saving step {step} in {self.directory}: the state holds non-finite values")
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._disk_full_guard(step):
+            saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._prune()
         return saved
 
     def restore(self, state_like: Any, data_iter: Any | None, step: int | None = None) -> Any:
         """The state at ``step`` (default latest) laid out like ``state_like``; moves
-        ``data_iter`` to its saved position."""
+        ``data_iter`` to its saved position.
+
+        Raises CheckpointMismatchError when the checkpoint holds other shapes than
+        ``state_like`` (a changed configuration), any other error when its files are damaged.
+        """
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        saved = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state")
+        if _shapes(getattr(saved, "tree", saved)) != _shapes(abstract):
+            raise CheckpointMismatchError(
+                f"checkpoint {os.path.join(self.directory, str(step))} holds arrays of other "
+                "shapes than this configuration's model: was the run started with another "
+                "config? Use the same config, or another --workdir.")
         items = {"state": ocp.args.StandardRestore(abstract)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
+    def restore_latest(self, state_like: Any, data_iter: Any | None,
+                       warn: Callable[[str], None] = log.warning) -> Any | None:
+        """The newest restorable checkpoint's state (see ``restore``), or None when there is
+        none. Damaged ones are reported through ``warn`` and moved aside (see
+        ``restore_newest``); if every one is damaged, the run starts afresh."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        try:
+            _, state = restore_newest(
+                self.directory, steps, lambda s: self.restore(state_like, data_iter, s),
+                move_aside=self.is_main, warn=warn)
+        except DamagedCheckpointError as e:
+            warn(f"{e}; starting from scratch")
+            state = None
+        self._manager.reload()
+        if self.best is not None and self.best["step"] not in self.all_steps():
+            self.best = None  # the best checkpoint was damaged: the next evaluation replaces it
+        return state
+
     def wait(self) -> None:
-        """Blocks until async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until async saves are on disk (DiskFullError if the disk filled up)."""
+        with self._disk_full_guard(-1):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
+
+
+_jit_all_finite = jax.jit(all_finite)

@@ -12,6 +12,7 @@ from jaxcolor import models
 from jaxcolor.losses import ADVERSARIAL, RECONSTRUCTION
 from jaxcolor.tasks import TASKS
 from jaxcolor.train_state import COMPUTE_DTYPES
+from jaxcolor.train_step import NONFINITE_MODES
 
 MAX_NUM_DOWNS = 8  # U-Net-256, the deepest the reference builds by default
 
@@ -36,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.1  # held out when the folder has no Train/Validation layout
     c.data.num_workers = 4  # Grain worker processes per host; 0 = in-process
     c.data.num_val_images = 8  # validation images in sample grids and validation loss
+    c.data.max_pixels = 100_000_000  # larger images are skipped (decompression-bomb guard)
 
     c.model = ml_collections.ConfigDict()
     c.model.generator = "lab_gan"
@@ -77,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.best_metric = "auc"  # validation metric that picks the kept best checkpoint
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
+    c.train.nonfinite = "stop"  # a NaN/inf loss or gradient: stop | skip_step (keep the state)
     return c
 
 
@@ -152,6 +155,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
     _check(d.image_size >= 16 and d.image_size % 4 == 0, "data.image_size", d.image_size,
            "a multiple of 4, at least 16")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, ">= 0")
+    _check(d.max_pixels >= 1, "data.max_pixels", d.max_pixels, ">= 1")
     _check(d.num_val_images >= 1, "data.num_val_images", d.num_val_images, ">= 1")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in (0, 1)")
     _check(m.generator in models.GENERATORS, "model.generator", m.generator,
@@ -192,6 +196,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
            f"divisible by the process count ({num_processes})")
     _check(t.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype", t.compute_dtype,
            f"one of {sorted(COMPUTE_DTYPES)}")
+    _check(t.nonfinite in NONFINITE_MODES, "train.nonfinite", t.nonfinite,
+           f"one of {list(NONFINITE_MODES)}")
     _check(t.best_metric in BEST_METRIC_MODES, "train.best_metric", t.best_metric,
            f"one of {sorted(BEST_METRIC_MODES)}")
     for key in ("log_every", "image_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -53,11 +53,13 @@ def truth_rgb(example: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def ground_truth(files: Sequence[str], image_size: int, skip_grayscale: bool,
-                 max_images: int | None, skipped: list[str]
+                 max_images: int | None, skipped: list[str], max_pixels: int | None = None
                  ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(path, example) of the usable files in order (``data.ExampleMaker``, no augmentation);
-    the reasons for unusable ones go to ``skipped``. Decoding runs ahead in threads."""
-    maker = data.ExampleMaker(image_size, augment=False, skip_grayscale=skip_grayscale)
+    the reasons for unusable ones (``max_pixels`` included) go to ``skipped``. Decoding runs
+    ahead in threads."""
+    maker = data.ExampleMaker(image_size, augment=False, skip_grayscale=skip_grayscale,
+                              max_pixels=max_pixels)
     count = 0
     with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), 32):
@@ -165,7 +167,7 @@ def evaluate_run(
     curves: dict[str, list[np.ndarray]] = {MODEL: [], GRAY: []}
     samples = {}
     examples = ground_truth(list(files), model.image_size, config.data.skip_grayscale,
-                            max_images, skipped)
+                            max_images, skipped, config.data.get("max_pixels"))
     batch: list[tuple[str, np.ndarray]] = []
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:

@@ -14,6 +14,13 @@ of every global batch; process 0 alone writes TensorBoard, PNG samples, config.j
 console; all processes save and restore the Orbax checkpoints together (each its own iterator
 state). A stop signal is agreed by all processes every ``train.log_every`` steps (see
 ``_agree_stop``), so they stop, and save, at the same step.
+
+Non-finite steps (``train.nonfinite``): each step reports on the device whether its losses and
+gradients are finite; the loop reads these flags only where it waits for the device anyway
+(log steps, evaluations, saves). ``stop`` ends the run at that point without saving the bad
+state (``NonFiniteError``; the CLI exits with status 1, naming the step and its losses);
+``skip_step`` keeps the state of the step before and counts skipped steps
+(``train/skipped_steps``).
 """
 
 from __future__ import annotations
@@ -33,12 +40,38 @@ import numpy as np
 
 from jaxcolor import config as config_lib
 from jaxcolor import data, metrics, runs, sharding
-from jaxcolor.checkpoints import Checkpointer
+from jaxcolor.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
 from jaxcolor.summary import Summary
 from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
 from jaxcolor.train_step import make_train_step
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A step's losses or gradients were NaN or inf (``train.nonfinite=stop``)."""
+
+
+def _first_nonfinite(pending: list, first_step: int) -> tuple[int, dict[str, float]] | None:
+    """(step, metrics) of the first non-finite step among ``pending`` (steps ``first_step``,
+    ``first_step + 1``, ...), or None. Reads one flag per step (waits for the device)."""
+    flags = jax.device_get([m["finite"] for m in pending])
+    for i, flag in enumerate(flags):
+        if not flag:
+            return first_step + i, {k: float(v) for k, v in jax.device_get(pending[i]).items()}
+    return None
+
+
+def _nonfinite_message(bad_step: int, values: dict[str, float], stopped_at: int,
+                       checkpointer: Checkpointer) -> str:
+    losses = ", ".join(f"{k}={values[k]:.4g}" for k in
+                       ("d_loss", "d_real", "d_fake", "g_loss", "g_adv", "g_recon") if k in values)
+    latest = checkpointer.latest_step()
+    kept = (f"the newest checkpoint, step {latest} in {checkpointer.directory}, holds finite "
+            "values" if latest is not None else "no checkpoint was written")
+    return (f"non-finite loss or gradient at step {bad_step} ({losses}): stopped at step "
+            f"{stopped_at} without saving; {kept}. Lower the learning rates or loss weights, "
+            "or set --config.train.nonfinite=skip_step to skip such steps.")
 
 
 class StopRequest:
@@ -86,7 +119,7 @@ class Validator:
         self.skipped: list[str] = []
         examples = [example for _, example in evaluate.ground_truth(
             files, config.data.image_size, config.data.skip_grayscale,
-            config.data.num_val_images, self.skipped)]
+            config.data.num_val_images, self.skipped, config.data.max_pixels)]
         self.batches = examples  # truthy when there is something to validate
         self.predictor = Predictor(gan.task, generator_apply(gan.generator), mesh,
                                    config.train.batch_size)
@@ -171,7 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     if not splits["train"]:
         raise ValueError(f"data.dir={where}: no Train/ folder to train on (it holds only "
                          "Validation/ or Test/; evaluate it with jaxcolor.evaluate instead)")
-    data.check_usable(splits["train"], f"data.dir={where}", cfg_d.skip_grayscale)
+    data.check_usable(splits["train"], f"data.dir={where}", cfg_d.skip_grayscale,
+                      max_pixels=cfg_d.max_pixels)
 
     os.makedirs(workdir, exist_ok=True)
     summary = Summary(workdir, cfg_t.num_steps, enabled=is_main)
@@ -202,6 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         augment=cfg_d.augment,
         skip_grayscale=cfg_d.skip_grayscale,
         num_workers=cfg_d.num_workers,
+        max_pixels=cfg_d.max_pixels,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -213,9 +248,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         is_main=is_main,
     )
     best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, batches)
+    had_checkpoints = checkpointer.latest_step() is not None
+    restored = checkpointer.restore_latest(state, batches)
+    if restored is not None:
+        state = restored
         summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
+    elif had_checkpoints:  # all damaged: start afresh, from the first batch
+        if hasattr(batches, "close"):
+            batches.close()
+        batches = iter(train_ds)
 
     validator = Validator(gan, config, splits["validation"], mesh, workdir)
     counter = {"skipped": 0}
@@ -234,6 +275,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     summary.start_step = step
     pending, wait_time, last_time, last_step = [], 0.0, time.perf_counter(), step
     stopping = False  # the stop request as agreed by all processes
+    skip_nonfinite = cfg_t.nonfinite == "skip_step"
+    nonfinite, skipped_steps = None, 0
     with StopRequest() as stop:
         while step < cfg_t.num_steps and not stopping:
             t0 = time.perf_counter()
@@ -248,10 +291,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                 stopping = bool(stop)
             elif log_due:
                 stopping = _agree_stop(bool(stop))
+            if not skip_nonfinite and (
+                log_due or stopping or checkpointer.is_due(step)
+                or step % cfg_t.eval_every == 0 or step % cfg_t.image_every == 0
+            ):
+                # A sync point (metrics, validation or a save wait for the device anyway).
+                # Metrics are replicated, so every process reaches the same verdict.
+                nonfinite = _first_nonfinite(pending, step - len(pending) + 1)
+                if nonfinite is not None:
+                    break
 
             if log_due or stopping:
-                means = {k: float(np.mean(v)) for k, v in jax.device_get(
-                    jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+                stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+                finite = stacked.pop("finite") > 0
+                skipped_steps += int((~finite).sum())
+                # Skipped steps' losses are NaN or inf: the means are over the finite ones.
+                means = {k: float(np.mean(v[finite])) if finite.any() else float("nan")
+                         for k, v in stacked.items()}
                 now = time.perf_counter()
                 images_per_sec = (step - last_step) * cfg_t.batch_size / (now - last_time)
                 scalars = {f"train/{k}": v for k, v in means.items()}
@@ -260,6 +316,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                     "perf/data_wait_fraction": wait_time / (now - last_time),
                     "data/skipped_files": counter["skipped"],
                 })
+                if skip_nonfinite:
+                    scalars["train/skipped_steps"] = skipped_steps
+                    if not finite.all():
+                        log.warning("%d non-finite step(s) skipped up to step %d (%d in all)",
+                                    int((~finite).sum()), step, skipped_steps)
                 summary.scalars(step, scalars)
                 shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
                 summary.progress(step, shown, images_per_sec)
@@ -276,9 +337,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                 last_time = time.perf_counter()  # validation is not train throughput
             checkpointer.save(step, state, batches)
 
-    checkpointer.save(step, state, batches, force=True)
+    if nonfinite is None:
+        checkpointer.save(step, state, batches, force=True)
     checkpointer.close()
     summary.close()
+    if nonfinite is not None:
+        if hasattr(batches, "close"):
+            batches.close()
+        raise NonFiniteError(_nonfinite_message(*nonfinite, step, checkpointer))
     if counter["skipped"]:
         summary.message(f"{counter['skipped']} unusable file(s) were skipped (see warnings)")
     if stopping:
@@ -310,7 +376,10 @@ def main(argv) -> None:
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(config, workdir)
+    try:
+        train(config, workdir)
+    except (NonFiniteError, NonFiniteStateError, DiskFullError) as e:
+        sys.exit(f"error: {e}")  # exit status 1, the message on stderr
 
 
 def _define_flags() -> None:

@@ -7,6 +7,11 @@ forward pass through ``jax.vjp``, so the default 1:1 schedule runs G forward onl
 D sees real and generated batches in two separate train-mode passes (each with its own batch
 statistics, as in the reference implementation). When G is updated, D runs in train mode too,
 but its running statistics from that pass are dropped: only D's own update moves them.
+
+Every step reports ``metrics["finite"]`` (1.0 or 0.0): whether all its losses, gradients and new
+network states are finite, computed on the device, so checking it costs no extra host sync. With
+``train.nonfinite=skip_step`` a non-finite step leaves both networks (parameters, BatchNorm
+statistics, optimiser states) as they were; the step counter still advances.
 """
 
 from __future__ import annotations
@@ -23,14 +28,24 @@ from jaxcolor.train_state import GAN, GANState, NetState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+NONFINITE_MODES = ("stop", "skip_step")
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every floating array in ``tree`` is finite (a boolean scalar)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def make_train_step(
     gan: GAN, config: ml_collections.ConfigDict
 ) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
-    """A pure ``(state, batch) -> (state, metrics)`` for ``jax.jit``; metrics are scalars."""
+    """A pure ``(state, batch) -> (state, metrics)`` for ``jax.jit``; metrics are float32
+    scalars, ``finite`` among them (see the module docstring)."""
     loss_cfg, d_updates, g_updates = config.loss, config.optim.d_updates, config.optim.g_updates
     G, D = gan.generator, gan.discriminator
+    skip_nonfinite = config.train.get("nonfinite", "stop") == "skip_step"
 
     def generate(params, batch_stats, cond, rng):
         out, updates = G.apply(
@@ -61,7 +76,8 @@ def make_train_step(
 
         grads, (stats, metrics) = jax.grad(loss_fn, has_aux=True)(d.params)
         updates, opt_state = gan.d_tx.update(grads, d.opt_state, d.params)
-        return NetState(optax.apply_updates(d.params, updates), stats, opt_state), metrics
+        new = NetState(optax.apply_updates(d.params, updates), stats, opt_state)
+        return new, metrics, all_finite(grads)
 
     def g_update(g: NetState, d: NetState, cond, target, fake, pullback, stats):
         def loss_fn(fake):
@@ -71,7 +87,8 @@ def make_train_step(
         (_, metrics), d_fake = jax.value_and_grad(loss_fn, has_aux=True)(fake)
         (grads,) = pullback(d_fake)
         updates, opt_state = gan.g_tx.update(grads, g.opt_state, g.params)
-        return NetState(optax.apply_updates(g.params, updates), stats, opt_state), metrics
+        new = NetState(optax.apply_updates(g.params, updates), stats, opt_state)
+        return new, metrics, all_finite(grads)
 
     def forward(g: NetState, cond, rng):
         fake, pullback, stats = jax.vjp(
@@ -86,17 +103,26 @@ def make_train_step(
         g_keys = jax.random.split(jax.random.fold_in(rng, 1), g_updates)
 
         fake, pullback, g_stats = forward(state.g, cond, g_keys[0])
-        d, g = state.d, state.g
+        d, g, finite = state.d, state.g, []
         for i in range(d_updates):
-            d, d_metrics = d_update(d, cond, target, jax.lax.stop_gradient(fake), d_keys[i])
+            d, d_metrics, ok = d_update(d, cond, target, jax.lax.stop_gradient(fake), d_keys[i])
+            finite.append(ok)
         for j in range(g_updates):
             if j > 0:
                 fake, pullback, g_stats = forward(g, cond, g_keys[j])
-            g, g_metrics = g_update(g, d, cond, target, fake, pullback, g_stats)
+            g, g_metrics, ok = g_update(g, d, cond, target, fake, pullback, g_stats)
+            finite.append(ok)
 
         metrics = {**d_metrics, **g_metrics}
+        # The new states too: Adam's second moment can overflow to inf on finite gradients.
+        finite = jnp.all(jnp.stack(finite)) & all_finite(metrics) & all_finite((g, d))
+        if skip_nonfinite:
+            # Keep both networks as they were; the step counter (and the data) still advance.
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            g, d = jax.tree.map(keep, (g, d), (state.g, state.d))
         metrics["g_lr"] = gan.g_schedule(state.step)
         metrics["d_lr"] = gan.d_schedule(state.step)
+        metrics["finite"] = finite
         new_state = state.replace(step=state.step + 1, g=g, d=d)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 

@@ -10,10 +10,13 @@ scikit-image, no download) are used.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 
 from jaxcolor.data.decoding import SAMPLE_PREFIX
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validation", "test")
@@ -36,16 +39,42 @@ SAMPLE_SPLITS = {
 
 
 def list_images(root: str) -> list[str]:
-    """All image files under ``root`` (recursive, extensions in any case), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return sorted(found)
+    """All image files under ``root`` (recursive, extensions in any case), sorted.
+
+    Symbolic links are followed, but each directory is entered once (by device and inode), so a
+    link loop ends; a file reachable by several paths is listed once (its first path in sorted
+    order, compared by real path). Unreadable folders are passed over with a warning.
+    """
+    found: dict[str, str] = {}  # real path -> first path found
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def walk(directory: str) -> None:
+        try:
+            info = os.stat(directory)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            log.warning("cannot read folder %s (%s); skipped", directory, e.strerror or e)
+            return
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            return
+        seen_dirs.add((info.st_dev, info.st_ino))
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows links; a broken link is not a folder
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                # Broken links and unreadable files stay listed: the reader skips and counts them.
+                real = os.path.realpath(entry.path)
+                found[real] = min(found.get(real, entry.path), entry.path)
+        for sub in subdirs:
+            walk(sub)
+
+    walk(root)
+    return sorted(found.values())
 
 
 def _pair_key(path: str) -> str:

@@ -42,12 +42,14 @@ class ExampleMaker:
     augment: bool = False
     crop_margin: float = 0.125
     skip_grayscale: bool = True
+    max_pixels: int | None = None  # larger images are skipped, from the header when possible
 
     def __call__(self, path: str, rng: np.random.Generator | None = None):
         try:
             # Resize first, in the file's own depth: far cheaper than converting every pixel of
             # a large photo to float.
-            rgb = to_float_rgb(self.resize(decode(path), rng if self.augment else None), path)
+            image = decode(path, max_pixels=self.max_pixels)
+            rgb = to_float_rgb(self.resize(image, rng if self.augment else None), path)
             if self.skip_grayscale and is_grayscale(rgb):
                 raise BadImageError(f"{path}: grayscale source (no colour to learn)")
         except BadImageError as e:
@@ -141,18 +143,21 @@ def train_dataset(
     augment: bool = True,
     skip_grayscale: bool = True,
     num_workers: int = 0,
+    max_pixels: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
     """Endless, shuffled (reshuffled each epoch), per-process batches of ``batch_size`` examples.
 
     Process ``i`` of ``n`` reads only files ``i, i + n, ...``; ``batch_size`` is per process.
+    Images over ``max_pixels`` pixels are skipped (and reported) like other unusable files.
     """
     shard = list(files)[process_index::process_count]
     if not shard:
         raise ValueError(f"process {process_index} of {process_count} has no training file "
                          f"({len(files)} files in all)")
-    maker = ExampleMaker(image_size, augment=augment, skip_grayscale=skip_grayscale)
+    maker = ExampleMaker(image_size, augment=augment, skip_grayscale=skip_grayscale,
+                         max_pixels=max_pixels)
     ds = grain.MapDataset.source(shard).seed(seed).shuffle().repeat(None)
     ds = ds.random_map(maker) if augment else ds.map(maker)
     # A few reader threads keep one or two batches ready; Grain's default (16 threads, 500
@@ -179,13 +184,15 @@ def eval_batches(
     batch_size: int,
     skip_grayscale: bool = True,
     max_images: int | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], list[str]]:
     """Fixed evaluation batches (no augmentation), in file order, and the reasons for skipped files.
 
     The last batch is filled by wrapping around to the first images, so every batch has
     ``batch_size`` examples (what a sharded step needs); ``valid`` marks the real ones.
     """
-    maker = ExampleMaker(image_size, augment=False, skip_grayscale=skip_grayscale)
+    maker = ExampleMaker(image_size, augment=False, skip_grayscale=skip_grayscale,
+                         max_pixels=max_pixels)
     examples, skipped = [], []
     for path in files:
         example = maker(path)
@@ -208,12 +215,13 @@ def eval_batches(
     return batches, skipped
 
 
-def check_usable(files: Sequence[str], what: str, skip_grayscale: bool = True) -> None:
+def check_usable(files: Sequence[str], what: str, skip_grayscale: bool = True,
+                 max_pixels: int | None = None) -> None:
     """Fails at start, naming ``what``, when none of ``files`` gives a usable image.
 
     Stops at the first usable file, so a healthy folder costs one decode.
     """
-    maker = ExampleMaker(8, skip_grayscale=skip_grayscale)
+    maker = ExampleMaker(8, skip_grayscale=skip_grayscale, max_pixels=max_pixels)
     reasons = []
     for path in files:
         result = maker(path)
