@@ -56,6 +56,7 @@ def restore_generator(workdir: str, step: Step = None
     import orbax.checkpoint as ocp
 
     from jaxcolor import config as config_lib
+    from jaxcolor.checkpoints import DamagedCheckpointError, restore_newest
     from jaxcolor.train_state import build_gan, init_state
 
     config = config_lib.upgrade(runs.read_config(workdir))
@@ -71,15 +72,32 @@ def restore_generator(workdir: str, step: Step = None
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                            sharding=jax.sharding.SingleDeviceSharding(device)),
             target)
-        # Partial restore: only the generator's arrays are read from disk.
-        restored = manager.restore(
-            chosen,
-            args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            )),
-        )["state"]["g"]
+
+        def restore(at: int) -> dict[str, Any]:
+            # Partial restore: only the generator's arrays are read from disk.
+            return manager.restore(
+                at,
+                args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )),
+            )["state"]["g"]
+
+        if step is None or step == "latest":
+            # A damaged newest checkpoint: warn, naming it, and use the next newest. Nothing is
+            # moved aside here: a training process may own the folder.
+            chosen, restored = restore_newest(
+                runs.checkpoint_dir(workdir), [s for s in manager.all_steps() if s <= chosen],
+                restore)
+        else:
+            try:
+                restored = restore(chosen)
+            except Exception as e:  # noqa: BLE001 - any failure to read means damaged files
+                folder = os.path.join(runs.checkpoint_dir(workdir), str(chosen))
+                raise DamagedCheckpointError(
+                    f"checkpoint {folder} is damaged and cannot be restored "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
     finally:
         manager.close()
     return config, chosen, {"params": restored["params"], "batch_stats": restored["batch_stats"]}

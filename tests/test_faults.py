@@ -424,3 +424,27 @@ def test_kill_9_at_random_moments_resumes_to_the_uninterrupted_result(photo_dir,
         glob.glob(os.path.join(root, str(KILL_STEPS), "data", "*.json")))]
     assert position(checkpoints) == position(str(tmp_path / "straight/checkpoints"))
     assert position(checkpoints)
+
+
+def test_readers_fall_back_past_a_damaged_checkpoint_or_name_it(lab_run, tmp_path, caplog):
+    """``jaxcolor.load`` (evaluate, colorize, export, serve) on a run whose newest checkpoint is
+    damaged: latest falls back to the next newest with a warning naming the folder; an explicit
+    step fails with a message naming it. Nothing is moved: a trainer may own the folder."""
+    import shutil
+
+    import jaxcolor
+    from jaxcolor.checkpoints import DamagedCheckpointError
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(lab_run, workdir)
+    damaged = os.path.join(workdir, "checkpoints", "3")
+    for path in glob.glob(os.path.join(damaged, "**", "d", "*"), recursive=True):
+        with open(path, "r+b") as f:  # every data file: G's arrays are certainly among them
+            f.truncate(1)
+    with caplog.at_level("WARNING"):
+        model = jaxcolor.load(workdir)
+    assert model.metadata["step"] == 2
+    assert any("damaged" in r.message and damaged in r.message for r in caplog.records)
+    with pytest.raises(DamagedCheckpointError, match=f"checkpoint {damaged} is damaged"):
+        jaxcolor.load(workdir, step=3)
+    assert os.path.isdir(damaged)
