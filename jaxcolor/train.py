@@ -9,11 +9,12 @@ Multi-host (JAX's multi-controller runtime; one ``python -m jaxcolor.train`` per
 the same flags): ``--distributed`` calls ``jax.distributed.initialize()`` with no arguments, which
 auto-detects TPU pods, SLURM (srun) and other supported clusters; anywhere else pass
 ``--coordinator_address=host:port --num_processes=N --process_id=i`` (this implies
-``--distributed``). Each process reads only its shard of the training files and feeds its slice
-of every global batch; process 0 alone writes TensorBoard, PNG samples, config.json and the
-console; all processes save and restore the Orbax checkpoints together (each its own iterator
-state). A stop signal is agreed by all processes every ``train.log_every`` steps (see
-``_agree_stop``), so they stop, and save, at the same step.
+``--distributed``). Each process reads and feeds only its rows of every global batch of one
+globally shuffled record stream, so any process count trains on the same batches; process 0
+alone writes TensorBoard, PNG samples, config.json and the console; all processes save and
+restore the Orbax checkpoints together (the data position is global: a run saved with N
+processes resumes with M). A stop signal is agreed by all processes every ``train.log_every``
+steps (see ``_agree_stop``), so they stop, and save, at the same step.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     train_ds = data.train_dataset(
         splits["train"],
         image_size=cfg_d.image_size,
-        batch_size=cfg_t.batch_size // jax.process_count(),
+        batch_size=cfg_t.batch_size,  # global: this process reads its rows of each batch
         seed=cfg_t.seed,
         augment=cfg_d.augment,
         skip_grayscale=cfg_d.skip_grayscale,
@@ -207,7 +208,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, batches)
-        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
+        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory}), "
+                        f"data position {batches.resumed_records} records")
 
     validator = Validator(gan, config, splits["validation"], mesh)
     counter = {"skipped": 0}
