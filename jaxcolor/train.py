@@ -279,6 +279,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
                            + sys.argv[1:])
         why = stop.signal_name or "stop requested by another process"
+        if not is_main:  # process 0 says it below; each process says what it received
+            log.warning("process %d of %d: %s: stopped at step %d, checkpoint saved",
+                        jax.process_index(), jax.process_count(), why, step)
         summary.message(
             f"{why}: stopped at step {step}, checkpoint saved in "
             f"{checkpointer.directory}.\nResume with: {command}"

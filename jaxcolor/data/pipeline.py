@@ -133,7 +133,10 @@ class GlobalBatches:
         self._order = grain.MapDataset.source(range(len(files))).seed(seed).shuffle().repeat(None)
         self._batches = 0
         self._skips = np.zeros(local, np.int64)
-        self._max_consecutive = max(len(files), 16)
+        # A lane sees every B-th record, not a permutation: even with one usable file among N it
+        # misses it 14 N times running with probability about exp(-14) (1e-6). Beyond that, the
+        # folder has become unreadable (a lost mount, say).
+        self._max_consecutive = 16 + 14 * len(files)
         if num_workers > 0:  # spawned: workers must not inherit a started JAX runtime
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 num_workers, mp_context=multiprocessing.get_context("spawn"))
