@@ -189,7 +189,6 @@ class GlobalBatches:
         batch["skipped"] = np.asarray(skipped, dtype=np.str_)
         return batch
 
-
     @property
     def local_row_skips(self) -> np.ndarray:
         """Records skipped so far by each of this process's rows."""
