@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state together with the Grain iterator state.
+"""Orbax checkpoints of the train state together with the global data position.
 
 Each checkpoint is a step folder with two items: ``state`` (the ``GANState`` pytree) and
 ``data`` (the global data position of ``data.GlobalBatches``: records consumed, batches and
