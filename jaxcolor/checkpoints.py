@@ -1,7 +1,11 @@
-"""Orbax checkpoints of the train state together with the Grain iterator state.
+"""Orbax checkpoints of the train state together with the global data position.
 
 Each checkpoint is a step folder with two items: ``state`` (the ``GANState`` pytree) and
-``data`` (this process's Grain iterator position). Orbax writes into a temporary folder and
+``data`` (the global data position of ``data.GlobalBatches``: records consumed, batches and
+per-row skips, gathered from all processes and written once as JSON, so that a run saved with N
+processes resumes with M). Checkpoints of older versions hold one Grain iterator state per
+process (``data/process_I-of-N.json``); they resume at the first whole batch after the records
+those processes consumed, with a warning. Orbax writes into a temporary folder and
 renames it when complete, so an interrupted save never leaves a checkpoint that looks valid.
 
 Retention: the newest ``keep`` checkpoints, plus the best one by a validation metric, recorded in
@@ -19,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -36,6 +40,7 @@ from jaxcolor.train_step import all_finite
 
 log = logging.getLogger(__name__)
 DAMAGED_PREFIX = "damaged-"
+DATA_POSITION_FILE = "position.json"  # in each checkpoint's data/ folder
 T = TypeVar("T")
 
 
@@ -129,7 +134,11 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(create=True),  # retention is ours, see _prune
-            item_names=("state", "data"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                # Written once, by the primary process: the position is global.
+                "data": ocp.JsonCheckpointHandler(filename=DATA_POSITION_FILE),
+            },
         )
         self.best = self._read_best()
 
@@ -209,7 +218,7 @@ class Checkpointer:
                 f"not saving step {step} in {self.directory}: the state holds non-finite values")
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+            items["data"] = ocp.args.JsonSave(data_iter.get_state(gather=_gather_processes))
         with self._disk_full_guard(step):
             saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._prune()
@@ -232,9 +241,13 @@ class Checkpointer:
                 "shapes than this configuration's model: was the run started with another "
                 "config? Use the same config, or another --workdir.")
         items = {"state": ocp.args.StandardRestore(abstract)}
-        if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        legacy = sorted(glob.glob(os.path.join(self.directory, str(step), "data",
+                                               "process_*-of-*.json")))
+        if data_iter is not None and not legacy:
+            items["data"] = ocp.args.JsonRestore()
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iter is not None:
+            data_iter.set_state(_legacy_position(legacy) if legacy else restored["data"])
         return restored["state"]
 
     def restore_latest(self, state_like: Any, data_iter: Any | None,
@@ -269,3 +282,46 @@ class Checkpointer:
 
 
 _jit_all_finite = jax.jit(all_finite)
+
+
+def _gather_processes(local: np.ndarray) -> np.ndarray:
+    """All processes' ``local`` arrays in process order (a collective; every process calls it)."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(-1)
+
+
+def _legacy_position(paths: list[str]) -> dict:
+    """A data position from a checkpoint written before global batches: one Grain iterator
+    state per process. Their consumed counts add up to the records consumed; the old
+    per-process shuffle cannot be continued, so the new stream resumes after that many."""
+    names = sorted(os.path.basename(p) for p in paths)
+    count = int(names[0].split("-of-")[1].split(".")[0])
+    expected = [f"process_{i}-of-{count}.json" for i in range(count)]
+    if names != expected:
+        raise ValueError(f"{os.path.dirname(paths[0])}: incomplete per-process data positions "
+                         f"of an older jaxcolor ({names}, expected {expected})")
+    records = 0
+    for path in paths:
+        with open(path) as f:
+            state = json.load(f)
+        if isinstance(state, str):
+            state = json.loads(state)
+        try:
+            if "next_index" in state:  # in-process reading
+                records += int(state["next_index"])
+            else:  # Grain worker processes: one iterator per worker
+                records += sum(int(s["next_index"]) for s in state["iterators_in_use_states"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: data position of an older jaxcolor in an unknown form "
+                             f"({type(e).__name__}: {e}); resume this run with the version "
+                             "that wrote it, or start a new work dir") from e
+    log.warning("%s: per-process data positions of an older jaxcolor (before global "
+                "shuffling); resuming the new global record order after the %d records they "
+                "consumed. The model state is restored exactly; the data order is not the old "
+                "one.", os.path.dirname(paths[0]), records)
+    from jaxcolor.data.pipeline import POSITION_FORMAT
+
+    return {"format": POSITION_FORMAT, "records_consumed": records}

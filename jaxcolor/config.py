@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment = True  # resize 12.5% larger, random crop, horizontal flip
     c.data.skip_grayscale = True
     c.data.val_fraction = 0.1  # held out when the folder has no Train/Validation layout
-    c.data.num_workers = 4  # Grain worker processes per host; 0 = in-process
+    c.data.num_workers = 4  # decoding worker processes per process; 0 = two threads
     c.data.num_val_images = 8  # validation images in sample grids and validation loss
     c.data.max_pixels = 100_000_000  # larger images are skipped (decompression-bomb guard)
 

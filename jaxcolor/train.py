@@ -9,11 +9,12 @@ Multi-host (JAX's multi-controller runtime; one ``python -m jaxcolor.train`` per
 the same flags): ``--distributed`` calls ``jax.distributed.initialize()`` with no arguments, which
 auto-detects TPU pods, SLURM (srun) and other supported clusters; anywhere else pass
 ``--coordinator_address=host:port --num_processes=N --process_id=i`` (this implies
-``--distributed``). Each process reads only its shard of the training files and feeds its slice
-of every global batch; process 0 alone writes TensorBoard, PNG samples, config.json and the
-console; all processes save and restore the Orbax checkpoints together (each its own iterator
-state). A stop signal is agreed by all processes every ``train.log_every`` steps (see
-``_agree_stop``), so they stop, and save, at the same step.
+``--distributed``). Each process reads and feeds only its rows of every global batch of one
+globally shuffled record stream, so any process count trains on the same batches; process 0
+alone writes TensorBoard, PNG samples, config.json and the console; all processes save and
+restore the Orbax checkpoints together (the data position is global: a run saved with N
+processes resumes with M). A stop signal is agreed by all processes every ``train.log_every``
+steps (see ``_agree_stop``), so they stop, and save, at the same step.
 
 Non-finite steps (``train.nonfinite``): each step reports on the device whether its losses and
 gradients are finite; the loop reads these flags only where it waits for the device anyway
@@ -231,7 +232,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     train_ds = data.train_dataset(
         splits["train"],
         image_size=cfg_d.image_size,
-        batch_size=cfg_t.batch_size // jax.process_count(),
+        batch_size=cfg_t.batch_size,  # global: this process reads its rows of each batch
         seed=cfg_t.seed,
         augment=cfg_d.augment,
         skip_grayscale=cfg_d.skip_grayscale,
@@ -248,15 +249,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         is_main=is_main,
     )
     best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
-    had_checkpoints = checkpointer.latest_step() is not None
+    # Damaged checkpoints are reported and moved aside; the data position is set only by the
+    # checkpoint that restores, so when all are damaged the run starts from the first batch.
     restored = checkpointer.restore_latest(state, batches)
     if restored is not None:
         state = restored
-        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory})")
-    elif had_checkpoints:  # all damaged: start afresh, from the first batch
-        if hasattr(batches, "close"):
-            batches.close()
-        batches = iter(train_ds)
+        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory}), "
+                        f"data position {batches.resumed_records} records")
 
     validator = Validator(gan, config, splits["validation"], mesh, workdir)
     counter = {"skipped": 0}
@@ -351,6 +350,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
                            + sys.argv[1:])
         why = stop.signal_name or "stop requested by another process"
+        if not is_main:  # process 0 says it below; each process says what it received
+            log.warning("process %d of %d: %s: stopped at step %d, checkpoint saved",
+                        jax.process_index(), jax.process_count(), why, step)
         summary.message(
             f"{why}: stopped at step {step}, checkpoint saved in "
             f"{checkpointer.directory}.\nResume with: {command}"

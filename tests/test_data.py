@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -538,36 +539,74 @@ def test_train_dataset_shuffles_by_seed_and_epoch(tmp_path):
     assert sorted(order1) == files and order1 != first  # another seed, another order
 
 
-def test_train_dataset_process_shards_are_disjoint_and_complete(tmp_path):
-    files = write_photos(str(tmp_path), 9)
+def _global_batches(files, process_count: int, n: int, state=None, **kwargs):
+    """``n`` global batches read by ``process_count`` processes (each its rows, concatenated in
+    process order, as ``jax.make_array_from_process_local_data`` lays them out) and the global
+    position after them (the per-process row skips gathered in process order)."""
+    its = [data.train_dataset(files, process_index=i, process_count=process_count, **kwargs)
+           for i in range(process_count)]
+    if state is not None:
+        for it in its:
+            it.set_state(state)
+    batches = []
+    for _ in range(n):
+        parts = [next(it) for it in its]
+        batches.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    gathered = np.concatenate([it.local_row_skips for it in its])  # what the all-gather does
+    state = its[0].get_state(gather=lambda _: gathered)
+    for it in its:
+        it.close()
+    return batches, state
+
+
+def _mixed_files(root: str) -> list[str]:
+    _mixed_folder(root)
+    return data.list_images(root)
+
+
+def test_train_dataset_any_process_count_reads_the_same_global_batches(tmp_path):
+    """1, 2 and 4 processes: the same global batches, bit for bit, bad files included (each
+    process refills its own rows), and the same global position."""
+    files = _mixed_files(str(tmp_path / "mixed"))
+    kwargs = dict(image_size=S, batch_size=4, seed=2, augment=True)
+    n = 10  # 40 rows of 11 files: every bad file comes up (and is refilled) several times
+    one, one_state = _global_batches(files, 1, n, **kwargs)
+    skipped = sum(len(b["skipped"]) for b in one)
+    assert skipped >= 3
+    for count in (2, 4):
+        many, state = _global_batches(files, count, n, **kwargs)
+        for a, b in zip(one, many, strict=True):
+            for k in ("lab", "rgb"):
+                np.testing.assert_array_equal(a[k], b[k])
+            assert sorted(a["skipped"]) == sorted(b["skipped"])
+        assert state == one_state
+    # The position counts every record read: rows delivered plus files skipped.
+    assert one_state["records_consumed"] == n * 4 + skipped
+    assert one_state["batches"] == n and sum(one_state["row_skips"]) == skipped
+
+
+def test_train_dataset_rows_come_from_one_global_shuffle(tmp_path):
+    """Without bad files, global batch k is records kB .. kB+B-1 of one shuffled stream over
+    all files (a permutation per epoch), whatever the process count."""
+    files = write_photos(str(tmp_path), 8)
     expected = _fingerprints(files)
-    seen = []
-    for index in range(2):
-        ds = data.train_dataset(files, image_size=S, batch_size=1, seed=0, augment=False,
-                                process_index=index, process_count=2)
-        shard_size = len(files[index::2])
-        epoch = [_identify(b["rgb"][0], expected) for b in _take(ds, shard_size)]
-        assert len(set(epoch)) == shard_size  # one epoch of the shard: every file once
-        seen.append(set(epoch))
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(files)
-    assert len(seen[0]) == 5 and len(seen[1]) == 4
-
-    ds = data.train_dataset(files, image_size=S, batch_size=2, seed=0, process_index=1,
-                            process_count=2)
-    assert next(iter(ds))["rgb"].shape == (2, S, S, 3)
+    batches, _ = _global_batches(files, 2, 4, image_size=S, batch_size=4, seed=0, augment=False)
+    stream = [_identify(row, expected) for b in batches for row in b["rgb"]]
+    assert sorted(stream[:8]) == files and sorted(stream[8:]) == files
+    assert stream[:8] != files and stream[:8] != stream[8:]
+    assert stream == _epoch_order(files, seed=0, epochs=2)
 
 
-def test_train_dataset_process_without_files_raises():
-    with pytest.raises(ValueError, match="process 1 of 2"):
-        data.train_dataset(["a.png"], image_size=S, batch_size=1, seed=0, process_index=1,
+def test_train_dataset_batch_must_divide_by_processes():
+    with pytest.raises(ValueError, match="process count"):
+        data.train_dataset(["a.png"], image_size=S, batch_size=3, seed=0, process_index=1,
                            process_count=2)
+    with pytest.raises(ValueError, match="no training file"):
+        data.train_dataset([], image_size=S, batch_size=1, seed=0)
 
 
 def test_train_dataset_iterator_state_restores(tmp_path):
-    root = str(tmp_path / "mixed")
-    _mixed_folder(root)
-    files = data.list_images(root)
+    files = _mixed_files(str(tmp_path / "mixed"))
     kwargs = dict(image_size=S, batch_size=3, seed=5, augment=True)
     it = iter(data.train_dataset(files, **kwargs))
     for _ in range(4):
@@ -577,8 +616,38 @@ def test_train_dataset_iterator_state_restores(tmp_path):
     assert sum(len(b["skipped"]) for b in continued) > 0  # skips happen after the restore too
 
     fresh = iter(data.train_dataset(files, **kwargs))
-    fresh.set_state(state)
+    fresh.set_state(json.loads(json.dumps(state)))  # as written to and read from a checkpoint
     _assert_batches_equal([next(fresh) for _ in range(5)], continued)
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [(2, 1), (1, 2), (2, 4)])
+def test_train_dataset_position_resumes_with_another_process_count(tmp_path, saved_by,
+                                                                   resumed_by):
+    """Elastic: a position saved by N processes, after skips, continues with M processes
+    exactly as an uninterrupted run."""
+    files = _mixed_files(str(tmp_path / "mixed"))
+    kwargs = dict(image_size=S, batch_size=4, seed=9, augment=True)
+    straight, straight_state = _global_batches(files, 1, 9, **kwargs)
+    _, state = _global_batches(files, saved_by, 5, **kwargs)
+    assert sum(state["row_skips"]) > 0  # the saved position includes skipped files
+    assert state["records_consumed"] == 20 + sum(len(b["skipped"]) for b in straight[:5])
+    resumed, resumed_state = _global_batches(files, resumed_by, 4, state=state, **kwargs)
+    _assert_batches_equal(resumed, straight[5:])
+    assert resumed_state == straight_state
+
+
+def test_train_dataset_position_from_a_record_count(tmp_path):
+    """A position with only a record count (an older checkpoint, or another global batch
+    size) resumes at the first whole batch at or after it."""
+    files = write_photos(str(tmp_path), 8)
+    kwargs = dict(image_size=S, batch_size=4, seed=1, augment=False)
+    straight, _ = _global_batches(files, 1, 3, **kwargs)
+    state = {"format": data.pipeline.POSITION_FORMAT, "records_consumed": 5}
+    resumed, after = _global_batches(files, 2, 1, state=state, **kwargs)
+    _assert_batches_equal(resumed, straight[2:])
+    assert after["records_consumed"] == 12 and after["batches"] == 3
+    with pytest.raises(ValueError, match="unknown data position format"):
+        data.train_dataset(files, **kwargs).set_state({"next_index": 4})
 
 
 @pytest.fixture(scope="module")
