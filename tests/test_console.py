@@ -20,6 +20,7 @@ FLAGS = {
     "jaxcolor-evaluate": ["--workdir", "--images", "--compare", "--step"],
     "jaxcolor-colorize": ["--workdir", "--out", "--render_size", "--step"],
     "jaxcolor-export": ["--workdir", "--out", "--step", "--platforms"],
+    "jaxcolor-serve": ["--model", "--host", "--port", "--max_upload_mb"],
 }
 
 

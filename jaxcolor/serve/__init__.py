@@ -4,3 +4,10 @@
 with uvicorn; ``batching.Batcher`` puts concurrent requests onto the device in batches; the page
 is static HTML/JS in ``static/``.
 """
+
+
+def run() -> None:
+    """The ``jaxcolor-serve`` console script (``python -m jaxcolor.serve``)."""
+    from jaxcolor.serve.cli import run as _run
+
+    _run()

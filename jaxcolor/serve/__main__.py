@@ -1,6 +1,6 @@
 """``python -m jaxcolor.serve``: see ``jaxcolor.serve.cli``."""
 
-from jaxcolor.serve.cli import run
+from jaxcolor.serve import run
 
 if __name__ == "__main__":
     run()
