@@ -130,7 +130,7 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding,
 
 def explicit_padding(padding, x_shape: Sequence[int], kernel: tuple[int, int],
                      stride: int) -> Padding:
-    """Flax-style ``padding`` ('SAME', 'VALID', an int or pairs) as ((top, bottom), (left, right))."""
+    """Flax-style ``padding`` (SAME, VALID, an int or pairs) as ((top, bottom), (left, right))."""
     if padding == "SAME":
         return tuple(same_padding(x_shape[1 + i], kernel[i], stride) for i in range(2))
     if padding == "VALID":
