@@ -56,18 +56,22 @@ def torch_spec(config) -> dict:
 class JaxSide:
     """The jaxcolor train step and G inference (``jaxcolor.benchmark.prepare``)."""
 
-    def __init__(self, row: str, warmup: int):
+    def __init__(self, row: str, warmup: int, impls: list[str]):
         from jaxcolor import benchmark
 
-        self.train, self.infer = benchmark.prepare(row_config(row))
-        self.train.run(warmup)
-        self.infer.run(warmup)
+        self.timed = {}
+        for impl in impls:  # one compiled train step and inference per convolution formulation
+            train, infer = benchmark.prepare(row_config(row), impl)
+            train.run(warmup)
+            infer.run(warmup)
+            self.timed[impl] = {"train": train, "infer": infer}
 
     def params(self) -> list[int]:
-        return [self.train.info["g_params"], self.train.info["d_params"]]
+        info = next(iter(self.timed.values()))["train"].info
+        return [info["g_params"], info["d_params"]]
 
-    def time(self, what: str, steps: int) -> float:
-        return (self.train if what == "train" else self.infer).run(steps)
+    def time(self, what: str, steps: int, impl: str) -> float:
+        return self.timed[impl][what].run(steps)
 
 
 class TorchSide:
@@ -99,7 +103,7 @@ class TorchSide:
     def params(self) -> list[int]:
         return self.counts
 
-    def time(self, what: str, steps: int) -> float:
+    def time(self, what: str, steps: int, impl: str = "") -> float:
         import time
 
         torch = self.torch
@@ -127,11 +131,12 @@ def worker(side: str) -> None:
     for line in sys.stdin:
         req = json.loads(line)
         if req["cmd"] == "setup":
-            impl = (JaxSide(req["row"], req["warmup"]) if side == "jax"
+            impl = (JaxSide(req["row"], req["warmup"], req["impls"]) if side == "jax"
                     else TorchSide(req["spec"], req["warmup"]))
             out.write(json.dumps({"params": impl.params()}) + "\n")
         elif req["cmd"] == "time":
-            out.write(json.dumps({"seconds": impl.time(req["what"], req["steps"])}) + "\n")
+            seconds = impl.time(req["what"], req["steps"], req.get("impl"))
+            out.write(json.dumps({"seconds": seconds}) + "\n")
         else:
             return
 
@@ -162,29 +167,33 @@ class Worker:
 
 
 def run_row(row: str, jax_w: Worker, torch_w: Worker, steps: int, rounds: int,
-            warmup: int) -> dict[str, float]:
-    """Sets up both sides for one row, checks parameter counts, alternates rounds; prints them."""
+            warmup: int, impls: list[str]) -> dict[str, dict[str, float]]:
+    """Sets up both sides for one row, checks parameter counts, alternates rounds (JAX in each
+    convolution formulation of ``impls``, then PyTorch) and prints every round."""
     config = row_config(row)
     batch = config.train.batch_size
-    j = jax_w.ask(cmd="setup", row=row, warmup=warmup)["params"]
+    j = jax_w.ask(cmd="setup", row=row, warmup=warmup, impls=impls)["params"]
     t = torch_w.ask(cmd="setup", spec=torch_spec(config), warmup=warmup)["params"]
     print(f"{row}: parameters G {j[0]:,} / D {j[1]:,} (JAX), G {t[0]:,} / D {t[1]:,} (PyTorch)",
           flush=True)
     if j != t:
         raise SystemExit(f"{row}: parameter counts differ, JAX {j} vs PyTorch {t}")
+    sides = [(f"jax {impl}" if impl else "jax", jax_w, impl) for impl in impls]
+    sides.append(("torch", torch_w, None))
     totals = {}
     for what in ("train", "infer"):
-        seconds = {"jax": 0.0, "torch": 0.0}
+        seconds = dict.fromkeys((name for name, _, _ in sides), 0.0)
         for r in range(rounds):
-            for w in (jax_w, torch_w):
-                s = w.ask(cmd="time", what=what, steps=steps)["seconds"]
-                seconds[w.side] += s
-                print(f"{row} {what} round {r}: {w.side:5s} {steps * batch / s:8.2f} images/s",
+            for name, w, impl in sides:
+                s = w.ask(cmd="time", what=what, steps=steps, impl=impl)["seconds"]
+                seconds[name] += s
+                print(f"{row} {what} round {r}: {name:11s} {steps * batch / s:8.2f} images/s",
                       flush=True)
         ips = {k: rounds * steps * batch / v for k, v in seconds.items()}
         totals[what] = ips
-        print(f"{row} {what}: JAX {ips['jax']:.2f} images/s | PyTorch {ips['torch']:.2f} "
-              f"images/s | JAX/PyTorch {ips['jax'] / ips['torch']:.2f}", flush=True)
+        print(f"{row} {what}: " + " | ".join(
+            f"{k} {v:.2f} images/s ({v / ips['torch']:.2f}x PyTorch)" for k, v in ips.items()),
+            flush=True)
     return totals
 
 
@@ -199,24 +208,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--jax_python", default=sys.executable)
     parser.add_argument("--torch_python", default=sys.executable)
+    parser.add_argument("--kernels", default="auto", choices=("auto", "native", "fast", "both"),
+                        help="JAX convolution formulation(s); auto: the backend's default")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
         return
     rows = args.row or ["pix2pix_lab:256:4", "lab_gan:256:4", "lab_gan:64:16"]
     jax_w, torch_w = Worker(args.jax_python, "jax"), Worker(args.torch_python, "torch")
+    impls = {"auto": [None], "both": ["native", "fast"]}.get(args.kernels, [args.kernels])
     results = {}
     try:
         for row in rows:
-            results[row] = run_row(row, jax_w, torch_w, args.steps, args.rounds, args.warmup)
+            results[row] = run_row(row, jax_w, torch_w, args.steps, args.rounds, args.warmup,
+                                   impls)
     finally:
         jax_w.close()
         torch_w.close()
-    print("\nrow | what | JAX images/s | PyTorch images/s | JAX/PyTorch")
+    print("\nrow | what | side | images/s | side/PyTorch")
     for row, totals in results.items():
         for what, ips in totals.items():
-            print(f"{row} | {what} | {ips['jax']:.2f} | {ips['torch']:.2f} | "
-                  f"{ips['jax'] / ips['torch']:.2f}")
+            for side, v in ips.items():
+                print(f"{row} | {what} | {side} | {v:.2f} | {v / ips['torch']:.2f}")
 
 
 if __name__ == "__main__":

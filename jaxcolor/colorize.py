@@ -349,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--temporal_smoothing must be in [0, 1]")
     if args.batch_size < 1:
         parser.error("--batch_size must be >= 1")
+    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
+    compile_cache.enable()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax logs every file it opens
     try:

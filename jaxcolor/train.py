@@ -294,6 +294,8 @@ def main(argv) -> None:
     from absl import logging as absl_logging
 
     del argv
+    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
+    compile_cache.enable()
     FLAGS = flags.FLAGS
     if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes
