@@ -195,6 +195,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         skip_grayscale=cfg_d.skip_grayscale,
         num_workers=cfg_d.num_workers,
         process_index=jax.process_index(),
+        cache=cfg_d.cache,
         process_count=jax.process_count(),
     )
     batches: Iterator = iter(train_ds)

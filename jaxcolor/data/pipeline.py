@@ -143,16 +143,23 @@ def train_dataset(
     num_workers: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    cache: str | None = None,
 ) -> grain.IterDataset:
     """Endless, shuffled (reshuffled each epoch), per-process batches of ``batch_size`` examples.
 
     Process ``i`` of ``n`` reads only files ``i, i + n, ...``; ``batch_size`` is per process.
+    ``cache``: read the prepared ArrayRecord file of ``jaxcolor.data.cache`` instead of ``files``.
     """
+    if cache:  # record indices stand for the files; same shuffle, crop and flip
+        from jaxcolor.data.cache import cached_examples
+
+        files, cached_maker = cached_examples(cache, image_size, augment)
     shard = list(files)[process_index::process_count]
     if not shard:
         raise ValueError(f"process {process_index} of {process_count} has no training file "
                          f"({len(files)} files in all)")
-    maker = ExampleMaker(image_size, augment=augment, skip_grayscale=skip_grayscale)
+    maker = cached_maker if cache else ExampleMaker(image_size, augment=augment,
+                                                    skip_grayscale=skip_grayscale)
     ds = grain.MapDataset.source(shard).seed(seed).shuffle().repeat(None)
     ds = ds.random_map(maker) if augment else ds.map(maker)
     # A few reader threads keep one or two batches ready; Grain's default (16 threads, 500
