@@ -9,8 +9,11 @@ differentiates faster. Every formulation computes the same function with the sam
   convolutions on a space-to-depth view of the padded input, so that their input gradient is a
   plain stride-1 convolution too.
 
-``conv_impl()`` picks per backend: ``"fast"`` on CPU, where it was measured faster
-(``python -m jaxcolor.benchmark --kernels native`` / ``fast`` compares), ``"native"`` elsewhere.
+``conv_impl()`` picks per backend: ``"fast"`` on CPU, ``"native"`` elsewhere. On a shared 2-core
+AVX-512 EPYC, per-layer weight gradients ran faster as taps (3x3 128-channel: 38-75 -> 49-100
+GFLOP/s; the 2x2 sub-pixel phases at 256->512 channels: 29 -> 130), but whole-step comparisons
+there were within the machine's noise; ``python -m jaxcolor.benchmark --kernels both`` and
+``benchmarks/side_by_side.py --kernels both`` re-measure on a quieter machine.
 ``use_conv_impl`` overrides the choice while a function is traced (benchmarks, tests).
 """
 
