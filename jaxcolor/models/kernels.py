@@ -9,11 +9,12 @@ differentiates faster. Every formulation computes the same function with the sam
   convolutions on a space-to-depth view of the padded input, so that their input gradient is a
   plain stride-1 convolution too.
 
-``conv_impl()`` picks per backend: ``"fast"`` on CPU, ``"native"`` elsewhere. On a shared 2-core
-AVX-512 EPYC, per-layer weight gradients ran faster as taps (3x3 128-channel: 38-75 -> 49-100
-GFLOP/s; the 2x2 sub-pixel phases at 256->512 channels: 29 -> 130), but whole-step comparisons
-there were within the machine's noise; ``python -m jaxcolor.benchmark --kernels both`` and
-``benchmarks/side_by_side.py --kernels both`` re-measure on a quieter machine.
+``conv_impl()`` is ``"native"`` on every backend: measured side by side on a shared 2-core EPYC
+(pix2pix_lab 256 px, batch 4) the whole train step was no faster with ``"fast"`` (0.96x vs 0.98x
+PyTorch; inference 1.00x vs 1.26x), although single weight gradients ran faster as taps
+(3x3 128-channel: 38-75 -> 49-100 GFLOP/s; 2x2 at 256->512 channels: 29 -> 130), and its
+different summation order over a sharded batch moved the 8-vs-1-device agreement past
+``tests/test_train_step.py``'s bound. ``--kernels both`` re-measures on another machine.
 ``use_conv_impl`` overrides the choice while a function is traced (benchmarks, tests).
 """
 
@@ -34,10 +35,10 @@ _override: list[str] = []
 
 
 def conv_impl() -> str:
-    """The formulation used now: an active ``use_conv_impl``, else "fast" on CPU, else "native"."""
+    """The formulation used now: an active ``use_conv_impl``, else "native" (every backend)."""
     if _override:
         return _override[-1]
-    return "fast" if jax.default_backend() == "cpu" else "native"
+    return "native"
 
 
 @contextlib.contextmanager
