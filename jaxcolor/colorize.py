@@ -362,6 +362,9 @@ def main(argv: Sequence[str]) -> int:
     inputs = list(argv[1:])
     if not inputs:
         raise app.UsageError("give at least one input (image, folder or video)")
+    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
+
+    compile_cache.enable()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax logs every file it opens
     try:

@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dir = ml_collections.FieldReference(None, field_type=str)  # None: sample photos
+    # prepared uint8 ArrayRecord of the training split (python -m jaxcolor.data.cache)
+    c.data.cache = ml_collections.FieldReference(None, field_type=str)
     c.data.task = "lab"  # lab: L -> ab; gray_rgb: gray x3 -> RGB
     c.data.image_size = 256
     c.data.augment = True  # resize 12.5% larger, random crop, horizontal flip

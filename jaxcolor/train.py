@@ -239,6 +239,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         num_workers=cfg_d.num_workers,
         max_pixels=cfg_d.max_pixels,
         process_index=jax.process_index(),
+        cache=cfg_d.cache,
         process_count=jax.process_count(),
     )
     batches: Iterator = iter(train_ds)
@@ -370,6 +371,8 @@ def main(argv) -> None:
     from absl import logging as absl_logging
 
     del argv
+    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
+    compile_cache.enable()
     FLAGS = flags.FLAGS
     if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes

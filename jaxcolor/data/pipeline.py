@@ -17,7 +17,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import grain
@@ -91,7 +91,7 @@ def make_example(rgb: np.ndarray) -> dict[str, np.ndarray]:
 POSITION_FORMAT = "jaxcolor.data_position/1"
 
 
-def _make_example(maker: ExampleMaker, path: str, rng_seed: tuple[int, int]):
+def _make_example(maker: Callable, path: str | int, rng_seed: tuple[int, int]):
     """One stream record; top level so that worker processes can unpickle it."""
     rng = np.random.default_rng(rng_seed) if maker.augment else None
     return maker(path, rng)
@@ -121,15 +121,20 @@ class GlobalBatches:
     def __init__(self, files: Sequence[str], *, image_size: int, batch_size: int, seed: int,
                  augment: bool = True, skip_grayscale: bool = True, num_workers: int = 0,
                  max_pixels: int | None = None,
-                 process_index: int = 0, process_count: int = 1):
-        if not files:
-            raise ValueError("no training file")
+                 process_index: int = 0, process_count: int = 1, cache: str | None = None):
         if batch_size % process_count:
             raise ValueError(f"global batch {batch_size} does not divide by the process count "
                              f"({process_count})")
+        if cache:  # record indices stand for the files
+            from jaxcolor.data.cache import cached_examples
+
+            files, self._maker = cached_examples(cache, image_size, augment)
+        else:
+            self._maker = ExampleMaker(image_size, augment=augment,
+                                       skip_grayscale=skip_grayscale, max_pixels=max_pixels)
+        if not files:
+            raise ValueError("no training file")
         self._files = list(files)
-        self._maker = ExampleMaker(image_size, augment=augment, skip_grayscale=skip_grayscale,
-                                   max_pixels=max_pixels)
         self._seed, self.batch_size = seed, batch_size
         local = batch_size // process_count
         self.rows = np.arange(process_index * local, (process_index + 1) * local)
@@ -257,18 +262,21 @@ def train_dataset(
     max_pixels: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    cache: str | None = None,
 ) -> GlobalBatches:
     """Endless shuffled batches: this process's rows of each global batch of ``batch_size``.
 
     See ``GlobalBatches``: 1 process and N processes read the same global batches, and the
     checkpointable position is global. Images over ``max_pixels`` pixels are skipped (and
-    reported) like other unusable files.
+    reported) like other unusable files. ``cache``: read the prepared ArrayRecord file of
+    ``jaxcolor.data.cache`` instead of ``files`` (its record indices stand for the files; the
+    same shuffle, crop and flip apply).
     """
     return GlobalBatches(files, image_size=image_size, batch_size=batch_size, seed=seed,
                          augment=augment, skip_grayscale=skip_grayscale,
                          num_workers=num_workers, max_pixels=max_pixels,
                          process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, cache=cache)
 
 
 def eval_batches(

@@ -1,12 +1,13 @@
-"""Layer defaults shared by every network: pix2pix/DCGAN initialisation and BatchNorm settings."""
+"""Layers shared by every network: pix2pix/DCGAN initialisation, BatchNorm settings, and the
+convolutions, which run in the per-backend formulation of ``jaxcolor.models.kernels``."""
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxcolor.models import kernels
 
 # Conv weights N(0, 0.02); BatchNorm scale N(1, 0.02), bias 0 (Radford et al.; Isola et al.).
 conv_init = nn.initializers.normal(stddev=0.02)
@@ -37,7 +38,31 @@ def batch_norm(train: bool, dtype=jnp.float32) -> nn.BatchNorm:
     )
 
 
-Conv = functools.partial(nn.Conv, kernel_init=conv_init, param_dtype=jnp.float32)
+class Conv(nn.Module):
+    """``flax.linen.Conv`` (NHWC, same parameter names, shapes and initialisation: pix2pix's
+    N(0, 0.02) kernel, zero bias) computed by ``kernels.conv2d`` in the backend's formulation."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: int | tuple[int, int] = 1
+    padding: str | int | tuple = "SAME"
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        strides = self.strides if isinstance(self.strides, int) else self.strides[0]
+        if not isinstance(self.strides, int) and len(set(self.strides)) != 1:
+            raise ValueError(f"Conv: equal strides only, got {self.strides}")
+        kernel = self.param("kernel", conv_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        padding = kernels.explicit_padding(self.padding, x.shape, (kh, kw), strides)
+        y = kernels.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
 
 def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``lax.conv_transpose(x, kernel, (2, 2), 'SAME')`` for a 4x4 HWIO kernel, computed as four
@@ -50,10 +75,7 @@ def subpixel_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
     pads = ((1, 0), (0, 1))  # phase 0 reads rows q-1, q; phase 1 reads rows q, q+1
     phases = [
         [
-            jax.lax.conv_general_dilated(
-                x, kernel[r::2, s::2], (1, 1), (pads[r], pads[s]),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            kernels.conv2d(x, kernel[r::2, s::2], 1, (pads[r], pads[s]))
             for s in (0, 1)
         ]
         for r in (0, 1)
