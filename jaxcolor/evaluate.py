@@ -347,6 +347,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     """absl entry point; a run or data problem ends with its message and exit code 1."""
     from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
+
     compile_cache.enable()
     try:
         _main(argv)

@@ -371,13 +371,17 @@ def main(argv) -> None:
     from absl import logging as absl_logging
 
     del argv
-    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
-    compile_cache.enable()
     FLAGS = flags.FLAGS
     if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes
     init_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                      FLAGS.process_id)
+    if jax.process_count() == 1:
+        # Persistent XLA cache: a resumed or repeated run loads its compiled step. Not for
+        # multi-process runs: 2-process CPU jobs sharing a cache hung in Gloo's start-up here.
+        from jaxcolor import compile_cache
+
+        compile_cache.enable()
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import cv2
 import jax
 import numpy as np
 import pytest
 
+from jaxcolor import compile_cache
 from jaxcolor.checkpoints import Checkpointer
 from jaxcolor.train_state import build_gan, init_state
+
+# One persistent XLA compilation cache per test session, shared by the xdist workers and the
+# command-line subprocesses they start (they inherit the variable): many tests compile the same
+# tiny train steps, and a cache hit replaces a compile of tens of seconds. A fresh folder per
+# session keeps suite timings honest; set JAXCOLOR_COMPILATION_CACHE to reuse one.
+os.environ.setdefault(compile_cache.ENV, tempfile.mkdtemp(prefix="jaxcolor-test-xla-"))
+compile_cache.enable()
 
 
 def synthetic_photo(seed: int, height: int = 48, width: int = 56) -> np.ndarray:

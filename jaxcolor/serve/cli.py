@@ -106,6 +106,9 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
+    from jaxcolor import compile_cache  # persistent XLA cache: a restart does not recompile
+
+    compile_cache.enable()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limits = Limits(
         max_upload_bytes=int(FLAGS.max_upload_mb * MIB),
