@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from jaxcolor.data.decode import BadImageError, decode, is_grayscale, to_float_rgb
+from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
 from jaxcolor.data.pipeline import ExampleMaker, Skipped, make_example
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import importlib.resources
 import io
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from jaxcolor import colour, data
+from jaxcolor.reports import json_safe
 from jaxcolor.serve.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -62,19 +62,6 @@ class HTTPError(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with non-finite floats as None: JSON has no NaN."""
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def encode(rgb: np.ndarray, fmt: str) -> bytes:
@@ -206,7 +193,7 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
     @app.get("/api/health")
     async def health() -> JSONResponse:
         """The model's metadata and the service's limits."""
-        return JSONResponse(_finite({
+        return JSONResponse(json_safe({
             "status": "ok",
             "model": model.metadata,
             "image_size": model.image_size,
