@@ -27,7 +27,7 @@ import numpy as np
 from jaxcolor import config as config_lib
 from jaxcolor import sharding
 from jaxcolor.models import kernels
-from jaxcolor.train_state import build_gan, init_state, param_count
+from jaxcolor.train_state import build_gan, fresh_state, param_count
 from jaxcolor.train_step import make_predict, make_train_step
 
 
@@ -102,7 +102,7 @@ def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
     gan = build_gan(config)
     size, batch_size = config.data.image_size, config.train.batch_size
     rep = sharding.replicated(mesh)
-    state = jax.jit(lambda k: init_state(gan, k, size), out_shardings=rep)(jax.random.PRNGKey(0))
+    state = fresh_state(gan, size, 0, rep)
     batch = random_batch(config, mesh)
     step = jax.jit(make_train_step(gan, config), in_shardings=(rep, sharding.batch_sharded(mesh)),
                    out_shardings=(rep, rep), donate_argnums=0)

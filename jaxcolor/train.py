@@ -43,7 +43,7 @@ from jaxcolor import config as config_lib
 from jaxcolor import data, metrics, runs, sharding
 from jaxcolor.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
 from jaxcolor.summary import Summary
-from jaxcolor.train_state import GAN, GANState, build_gan, init_state, param_count
+from jaxcolor.train_state import GAN, GANState, build_gan, fresh_state, param_count
 from jaxcolor.train_step import make_train_step
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         runs.write_config(workdir, config)
 
     replicated = sharding.replicated(mesh)
-    state = jax.jit(
-        lambda key: init_state(gan, key, cfg_d.image_size), out_shardings=replicated
-    )(jax.random.PRNGKey(cfg_t.seed))
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
     summary.message(
         f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
         f" | D {config.model.discriminator} {param_count(state.d.params):,} params"

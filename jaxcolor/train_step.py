@@ -118,8 +118,9 @@ def make_train_step(
         finite = jnp.all(jnp.stack(finite)) & all_finite(metrics) & all_finite((g, d))
         if skip_nonfinite:
             # Keep both networks as they were; the step counter (and the data) still advance.
-            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-            g, d = jax.tree.map(keep, (g, d), (state.g, state.d))
+            # A cond, not a select per leaf: the selects fused into every update and made the
+            # LAB GAN's step compile 4x slower (42 s against 9 s on a 2-core CPU).
+            g, d = jax.lax.cond(finite, lambda: (g, d), lambda: (state.g, state.d))
         metrics["g_lr"] = gan.g_schedule(state.step)
         metrics["d_lr"] = gan.d_schedule(state.step)
         metrics["finite"] = finite

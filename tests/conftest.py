@@ -148,3 +148,11 @@ def tiny_run(factory, experiment: str, trained: bool, **overrides) -> str:
 def lab_run(tmp_path_factory) -> str:
     """A LAB GAN run trained for 3 steps at 32 px (checkpoints at steps 2 and 3)."""
     return tiny_run(tmp_path_factory, "lab_gan", trained=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: ``pytest -n 2`` hands tests out in collection order, so the long
+    end-to-end runs start early and the many short tests fill the gaps behind them, instead of
+    one worker finishing a long run alone at the end. The order is the same in every xdist
+    worker (a stable sort of the same collection), as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -120,7 +120,7 @@ def _one_step(name: str, devices, bug: str | None = None) -> dict[str, Any]:
     from test_train_step import fixed_batch
 
     from jaxcolor import sharding
-    from jaxcolor.train_state import build_gan, init_state
+    from jaxcolor.train_state import build_gan, fresh_state
     from jaxcolor.train_step import make_train_step
 
     config = tiny_config(name, None)
@@ -131,7 +131,7 @@ def _one_step(name: str, devices, bug: str | None = None) -> dict[str, Any]:
     mesh = sharding.make_mesh(devices)
     gan = dataclasses.replace(build_gan(config), g_tx=record_gradients(), d_tx=record_gradients())
     rep = sharding.replicated(mesh)
-    state = jax.jit(lambda k: init_state(gan, k, 32), out_shardings=rep)(jax.random.PRNGKey(0))
+    state = fresh_state(gan, 32, 0, rep)
     train_step = real_step = make_train_step(gan, config)
     if bug is not None:
         from jax.sharding import PartitionSpec as P

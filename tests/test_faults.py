@@ -32,12 +32,12 @@ def _batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
 
 
 def test_skip_step_keeps_networks_and_advances_the_step():
-    from jaxcolor.train_state import build_gan, init_state
+    from jaxcolor.train_state import build_gan, fresh_state
     from jaxcolor.train_step import make_train_step
 
     config = tiny_config("lab_gan", None, nonfinite="skip_step")
     gan = build_gan(config)
-    state = init_state(gan, jax.random.PRNGKey(0), 32)
+    state = fresh_state(gan, 32, 0)
     step = jax.jit(make_train_step(gan, config))
     good = _batch()
     bad = {k: v.copy() for k, v in good.items()}

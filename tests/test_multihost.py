@@ -23,7 +23,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, write_photos
+from conftest import REPO, load_experiment, write_photos
 from test_train_loop import TINY_FLAGS, _scalars
 
 from jaxcolor import data
@@ -104,6 +104,23 @@ def _truncated_copy(src, dst, last_step: int) -> None:
             shutil.rmtree(dst / "checkpoints" / str(step))
 
 
+def _reference_positions(photo_dir, steps: int) -> list[dict]:
+    """The data positions after each of ``steps`` global batches, as one process reads them:
+    the trainer's own split and dataset, built in this process."""
+    config = load_experiment("lab_gan")
+    splits = data.find_splits(photo_dir, config.data.val_fraction, config.train.seed)
+    batches = data.train_dataset(splits["train"], image_size=32, batch_size=4,
+                                 seed=config.train.seed, augment=config.data.augment,
+                                 skip_grayscale=config.data.skip_grayscale,
+                                 max_pixels=config.data.max_pixels)
+    positions = []
+    for _ in range(steps):
+        next(batches)
+        positions.append(batches.get_state())
+    batches.close()
+    return positions
+
+
 @pytest.mark.slow
 def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_path):
     # Unusable files among the photos: rows skip and refill, and positions must count them.
@@ -112,8 +129,8 @@ def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_pa
             f.write(b"" if name.endswith(".png") else b"not a jpeg")
 
     # 2 processes x 2 devices, stopped by a signal to one process: both stop at the same step.
-    multi = tmp_path / "two_processes"
-    procs = _launch_pair(_flags(photo_dir, multi, 100000))
+    run = tmp_path / "two_then_one"
+    procs = _launch_pair(_flags(photo_dir, run, 100000))
     lines, deadline = [], time.time() + 300
     for line in procs[0].stdout:  # process 0 alone prints; a progress line per step
         lines.append(line)
@@ -127,58 +144,51 @@ def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_pa
     assert "stop requested by another process: stopped at step" in out0, out0
     assert "process 1 of 2: SIGTERM: stopped at step" in outs[1], outs[1]
     stopped = int(out0.split("stopped at step ")[1].split(",")[0])
-    assert stopped >= 2 and _steps(multi) == list(range(1, stopped + 1))
-    total = stopped + 2
+    assert stopped >= 2 and _steps(run) == list(range(1, stopped + 1))
+    total = stopped + 3
 
-    # 1 process x 4 devices, straight to the end: the reference.
-    single = tmp_path / "one_process"
-    _single(_flags(photo_dir, single, total))
-    assert _steps(single) == list(range(1, total + 1))
-
-    # Same global batches: the data positions agree at every step, skipped files included.
+    # The 2 processes read the global batches one process reads: positions agree at every
+    # step, skipped files included.
+    reference = _reference_positions(photo_dir, total)
     for step in range(1, stopped + 1):
-        assert _position(multi, step) == _position(single, step), step
-    final = _position(single, total)
+        assert _position(run, step) == reference[step - 1], step
+
+    # Elastic 2 -> 1: the 2-process checkpoint resumes as 1 process x 4 devices at the same
+    # step and data position, and goes on through the same batches.
+    out = _single(_flags(photo_dir, run, total))
+    assert f"resumed from step {stopped} " in out, out
+    assert f"data position {reference[stopped - 1]['records_consumed']} records" in out, out
+    for step in range(stopped + 1, total + 1):
+        assert _position(run, step) == reference[step - 1], step
+    final = reference[-1]
     assert sum(final["row_skips"]) > 0, final  # some rows did skip and refill
     assert final["records_consumed"] == total * 4 + sum(final["row_skips"])
-    # Same numbers: step 1 runs the same program on the same batch and parameters, so the
-    # losses agree to float32 rounding of differently ordered sums (XLA's in-process all-reduce
-    # against Gloo's): measured <= 4e-7 relative, checked at 1e-5. Adam divides by sqrt(v) of
-    # near-zero gradients and amplifies these differences step by step (measured up to 2e-5
-    # relative at step 2, 2e-3 at step 3; <1e-2 at step 6 in test_train_step's 8-versus-1-device
-    # test), so later steps get 3e-2.
+
+    # Elastic 1 -> 2: the 1-process run as it was one step after the resume, resumed by 2
+    # processes: the same batches, and the same losses as the 1-process run at those steps.
+    elastic = tmp_path / "one_then_two"
+    resumed = stopped + 1
+    _truncated_copy(run, elastic, resumed)
+    outs = _finish(_launch_pair(_flags(photo_dir, elastic, total)))
+    assert f"resumed from step {resumed} " in outs[0], outs[0]
+    for step in range(resumed + 1, total + 1):
+        assert _position(elastic, step) == reference[step - 1], step
+    # The first step after the resume runs the same program on the same batch and parameters,
+    # so the losses agree to float32 rounding of differently ordered sums (XLA's in-process
+    # all-reduce against Gloo's): measured <= 4e-7 relative, checked at 1e-5. Adam divides by
+    # sqrt(v) of near-zero gradients and amplifies these differences step by step (measured up
+    # to 2e-5 relative one step later; <1e-2 after 6 steps in test_train_step's 8-versus-1-device
+    # test), so the next step gets 3e-2.
     for tag in LOSSES:
-        a, b = _scalars(multi, tag), _scalars(single, tag)
-        assert sorted(a) == list(range(1, stopped + 1)), (tag, a)
+        a, b = _scalars(elastic, tag), _scalars(run, tag)
+        assert sorted(a) == list(range(resumed + 1, total + 1)), (tag, a)
         print(tag, "2x2 vs 1x4 relative difference by step:",
               {s: f"{abs(a[s] - b[s]) / abs(b[s]):.1e}" for s in a})
-        np.testing.assert_allclose(a[1], b[1], rtol=1e-5, err_msg=tag)
-        np.testing.assert_allclose([a[s] for s in a], [b[s] for s in a], rtol=3e-2, err_msg=tag)
-
-    # Elastic 2 -> 1: the 2-process checkpoint resumes as 1 process at the same step and data
-    # position, and reaches the reference's position.
-    out = _single(_flags(photo_dir, multi, total))
-    assert f"resumed from step {stopped} " in out, out
-    assert f"data position {_position(single, stopped)['records_consumed']} records" in out
-    assert _position(multi, total) == final
-
-    # Elastic 1 -> 2: the reference as it was at step `stopped`, resumed by 2 processes.
-    elastic = tmp_path / "one_then_two"
-    _truncated_copy(single, elastic, stopped)
-    outs = _finish(_launch_pair(_flags(photo_dir, elastic, total)))
-    assert f"resumed from step {stopped} " in outs[0], outs[0]
-    assert _position(elastic, total) == final
-    # The first step after the resume starts from identical parameters: tight again.
-    for tag in LOSSES:
-        a, b = _scalars(elastic, tag), _scalars(single, tag)
-        assert sorted(a) == list(range(stopped + 1, total + 1)), (tag, a)
-        print(tag, "1->2 resumed vs 1x4 straight, relative difference by step:",
-              {s: f"{abs(a[s] - b[s]) / abs(b[s]):.1e}" for s in a})
-        np.testing.assert_allclose(a[stopped + 1], b[stopped + 1], rtol=1e-5, err_msg=tag)
+        np.testing.assert_allclose(a[resumed + 1], b[resumed + 1], rtol=1e-5, err_msg=tag)
         np.testing.assert_allclose(a[total], b[total], rtol=3e-2, err_msg=tag)
-    print(f"stopped at {stopped}; positions (records consumed) 1..{total}: "
-          f"{[_position(single, s)['records_consumed'] for s in range(1, total + 1)]}; "
-          f"final position {final}")
+    print(f"stopped at {stopped}, resumed 2->1 from {stopped} and 1->2 from {resumed}; "
+          f"positions (records consumed) 1..{total}: "
+          f"{[p['records_consumed'] for p in reference]}; final position {final}")
 
 
 # ----------------------------------------------------------------------------- older checkpoints

@@ -16,7 +16,7 @@ import pytest
 from conftest import tiny_config
 from test_train_step import fixed_batch
 
-from jaxcolor.train_state import build_gan, init_state
+from jaxcolor.train_state import build_gan, fresh_state
 from jaxcolor.train_step import make_train_step
 
 FIRST_STEP_RTOL = 2e-2
@@ -26,7 +26,7 @@ LOSSES = ("d_loss", "g_adv", "g_recon", "d_real", "d_fake", "g_loss")
 def _run(name: str, compute_dtype: str, num_steps: int):
     config = tiny_config(name, None, compute_dtype=compute_dtype, num_steps=num_steps)
     gan = build_gan(config)
-    state = init_state(gan, jax.random.PRNGKey(0), config.data.image_size)
+    state = fresh_state(gan, config.data.image_size, 0)
     step = jax.jit(make_train_step(gan, config))
     batch, history = fixed_batch(4), []
     for _ in range(num_steps):

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, synthetic_photo, tiny_config
 
 from jaxcolor import data
-from jaxcolor.train_state import build_gan, init_state, lr_schedule
+from jaxcolor.train_state import build_gan, fresh_state, lr_schedule
 from jaxcolor.train_step import make_train_step
 
 
@@ -26,7 +26,7 @@ def fixed_batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
 
 def run_steps(config, batch, num_steps):
     gan = build_gan(config)
-    state = init_state(gan, jax.random.PRNGKey(0), config.data.image_size)
+    state = fresh_state(gan, config.data.image_size, 0)
     step = jax.jit(make_train_step(gan, config))
     history = []
     for _ in range(num_steps):
