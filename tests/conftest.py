@@ -150,9 +150,20 @@ def lab_run(tmp_path_factory) -> str:
     return tiny_run(tmp_path_factory, "lab_gan", trained=True)
 
 
+
+# Tests that start several training processes that talk through collectives (Gloo), which wait
+# for each other: two such tests at once on 2 cores starve each other's processes, and together
+# took longer than one after the other. One xdist group runs them on one worker, in turn
+# (``--dist loadgroup``, in the README's command), and first, so the other worker's many short
+# tests fill the time beside them.
+MULTI_PROCESS = "multi_process"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: ``pytest -n 2`` hands tests out in collection order, so the long
-    end-to-end runs start early and the many short tests fill the gaps behind them, instead of
-    one worker finishing a long run alone at the end. The order is the same in every xdist
+    """Multi-process tests first (see ``MULTI_PROCESS``). The order is the same in every xdist
     worker (a stable sort of the same collection), as xdist requires."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    def in_group(item) -> bool:
+        marker = item.get_closest_marker("xdist_group")
+        return marker is not None and MULTI_PROCESS in (*marker.args, *marker.kwargs.values())
+
+    items.sort(key=lambda item: not in_group(item))

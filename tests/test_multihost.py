@@ -23,7 +23,7 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, load_experiment, write_photos
+from conftest import MULTI_PROCESS, REPO, load_experiment, write_photos
 from test_train_loop import TINY_FLAGS, _scalars
 
 from jaxcolor import data
@@ -122,6 +122,7 @@ def _reference_positions(photo_dir, steps: int) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(MULTI_PROCESS)
 def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_path):
     # Unusable files among the photos: rows skip and refill, and positions must count them.
     for name in ("0003_empty.png", "0007_text.jpg", "0010_empty.png"):

@@ -22,10 +22,10 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, write_photos
+from conftest import MULTI_PROCESS, REPO, write_photos
 from test_train_loop import TINY_FLAGS
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.xdist_group(MULTI_PROCESS)]
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
