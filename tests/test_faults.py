@@ -31,6 +31,7 @@ def _batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+@pytest.mark.slow  # its own train-step program: not in the fast subset
 def test_skip_step_keeps_networks_and_advances_the_step():
     from jaxcolor.train_state import build_gan, fresh_state
     from jaxcolor.train_step import make_train_step

@@ -50,7 +50,11 @@ def test_patchgan_runs_at_64px():
     assert out.shape == (2, 6, 6, 1) and out.dtype == jnp.float32
 
 
-@pytest.mark.parametrize(("height", "width", "num_downs"), [(32, 32, 5), (64, 64, 6), (32, 64, 5)])
+@pytest.mark.parametrize(("height", "width", "num_downs"), [
+    (32, 32, 5),
+    pytest.param(64, 64, 6, marks=pytest.mark.slow),  # the deepest U-Net: full suite only
+    (32, 64, 5),
+])
 def test_unet_output_shape(height, width, num_downs):
     model = UNetGenerator(out_channels=2, num_downs=num_downs, base_features=8)
     x = jax.random.uniform(jax.random.key(1), (2, height, width, 1), minval=-1.0, maxval=1.0)

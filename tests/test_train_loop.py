@@ -67,6 +67,7 @@ def test_resume_gives_the_same_parameters_and_batches(photo_dir, tmp_path):
     assert data_state("straight") == data_state("resumed")
 
 
+@pytest.mark.slow  # 5 saves and evaluations of a real run: not in the fast subset
 def test_keeps_newest_checkpoints_and_the_best(photo_dir, tmp_path):
     # Lowest validation L1 is best; steps 1..5 are evaluated, checkpoints kept: newest 2 + best.
     config = tiny_config("lab_gan", photo_dir, num_steps=5, checkpoint_every=1,

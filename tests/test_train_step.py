@@ -35,7 +35,9 @@ def run_steps(config, batch, num_steps):
     return state, history
 
 
-@pytest.mark.parametrize("experiment", ["lab_gan", "pix2pix", "pix2pix_lab"])
+# The U-Nets at their own widths are compile- and compute-bound: in the full suite only.
+@pytest.mark.parametrize("experiment", ["lab_gan", pytest.param("pix2pix", marks=pytest.mark.slow),
+                                        pytest.param("pix2pix_lab", marks=pytest.mark.slow)])
 def test_reconstruction_term_falls_on_fixed_batch(experiment):
     config = tiny_config(experiment, None, num_steps=30)
     # The experiments' own widths: this pins how fast the real models learn.
@@ -47,6 +49,7 @@ def test_reconstruction_term_falls_on_fixed_batch(experiment):
     assert last < 0.5 * first, (experiment, first, last)
 
 
+@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
 def test_update_ratio_keys_change_update_counts():
     config = tiny_config("pix2pix_lab", None)
     config.optim.d_updates, config.optim.g_updates = 3, 2
@@ -57,6 +60,7 @@ def test_update_ratio_keys_change_update_counts():
     assert int(state.step) == 2
 
 
+@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
 def test_update_ratio_is_not_just_bookkeeping():
     batch = fixed_batch()
     base = tiny_config("lab_gan", None)
@@ -77,6 +81,7 @@ def test_schedule_constant_then_linear_decay():
     assert float(lr_schedule(2e-4, 100, 1.0)(99)) == pytest.approx(2e-4)
 
 
+@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
 def test_schedule_is_per_train_step_with_several_updates():
     config = tiny_config("pix2pix_lab", None)
     config.optim.g_updates = 2
