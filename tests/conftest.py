@@ -151,11 +151,10 @@ def lab_run(tmp_path_factory) -> str:
 
 
 
-# Tests that start several training processes that talk through collectives (Gloo), which wait
-# for each other: two such tests at once on 2 cores starve each other's processes, and together
-# took longer than one after the other. One xdist group runs them on one worker, in turn
-# (``--dist loadgroup``, in the README's command), and first, so the other worker's many short
-# tests fill the time beside them.
+# Tests that start several training processes that wait for each other in collectives (Gloo):
+# one xdist group runs them on one worker, in turn (``--dist loadgroup``, in pyproject.toml's
+# addopts), so that two of them never share the 2 cores of CI, and first, so that the other
+# worker's many short tests fill the time beside them.
 MULTI_PROCESS = "multi_process"
 
 
