@@ -27,12 +27,14 @@ REPO = os.path.dirname(HERE)
 
 
 def row_config(row: str):
-    """``experiment:image_size:batch_size`` -> the jaxcolor config of that benchmark row."""
+    """``experiment:image_size:batch_size`` -> the jaxcolor config of that benchmark row, resolved
+    (the U-Net's depth made explicit, as the PyTorch side needs it)."""
     from jaxcolor import benchmark
+    from jaxcolor import config as config_lib
 
     name, size, batch = row.split(":")
     config = benchmark.load_config(os.path.join(REPO, "experiments", f"{name}.py"))
-    return benchmark.override(config, int(size), int(batch))
+    return config_lib.resolve(benchmark.override(config, int(size), int(batch)))
 
 
 def torch_spec(config) -> dict:
@@ -161,8 +163,11 @@ class Worker:
         return json.loads(line)
 
     def close(self) -> None:
-        self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:  # the worker already exited; its traceback is on stderr
+            pass
         self.proc.wait()
 
 

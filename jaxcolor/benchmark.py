@@ -26,9 +26,10 @@ import numpy as np
 
 from jaxcolor import config as config_lib
 from jaxcolor import sharding
+from jaxcolor.inference import generator_apply
 from jaxcolor.models import kernels
 from jaxcolor.train_state import build_gan, fresh_state, param_count
-from jaxcolor.train_step import make_predict, make_train_step
+from jaxcolor.train_step import make_train_step
 
 
 def load_config(path: str):
@@ -120,16 +121,20 @@ def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
         return time.perf_counter() - start
 
     cond, _ = gan.task.split(batch)
-    predict = jax.jit(make_predict(gan))
-    key = jax.random.PRNGKey(1)
-    g_state = holder["state"].g
-    p_compiled, p_compile_s, p_flops = _compile(predict, (g_state, cond, key), impl)
+    # The inference apply that colorize, evaluate, export and the server use.
+    predict = jax.jit(generator_apply(gan.generator))
+
+    def variables() -> dict:
+        g = holder["state"].g
+        return {"params": g.params, "batch_stats": g.batch_stats}
+
+    p_compiled, p_compile_s, p_flops = _compile(predict, (variables(), cond), impl)
 
     def run_predict(n: int) -> float:
-        g = holder["state"].g
+        v = variables()
         start = time.perf_counter()
         for _ in range(n):
-            out = p_compiled(g, cond, key)
+            out = p_compiled(v, cond)
         jax.block_until_ready(out)
         return time.perf_counter() - start
 
