@@ -3,8 +3,10 @@ that a second run with the same model and shapes loads its compiled programs ins
 recompiling them.
 
 The cache lives in ``$JAXCOLOR_COMPILATION_CACHE`` (default ``~/.cache/jaxcolor/xla``); set that
-variable to ``off`` to disable it. Entries are keyed by the program, the JAX/XLA versions and the
-devices, so a stale entry is never used; deleting the folder is always safe.
+variable to ``off`` to disable it. Programs that compiled in under 0.2 s are not stored, unless
+JAX's ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets another threshold. Entries are keyed
+by the program, the JAX/XLA versions and the devices, so a stale entry is never used; deleting
+the folder is always safe.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import jax
 
 ENV = "JAXCOLOR_COMPILATION_CACHE"
+MIN_SECS_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"  # JAX's variable; default here 0.2
 DEFAULT_DIR = os.path.join("~", ".cache", "jaxcolor", "xla")
 
 
@@ -25,7 +28,9 @@ def enable(cache_dir: str | None = None) -> str | None:
         return None
     cache_dir = os.path.expanduser(cache_dir)
     jax.config.update("jax_compilation_cache_dir", cache_dir)
-    # Cache every program that took noticeable time to compile, whatever its size.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Cache every program that took noticeable time to compile, whatever its size, unless JAX's
+    # own variable says otherwise.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get(MIN_SECS_ENV, 0.2)))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return cache_dir

@@ -31,3 +31,13 @@ def test_off_leaves_the_cache_disabled(monkeypatch, restore_jax_config):
     monkeypatch.setenv(compile_cache.ENV, "off")
     assert compile_cache.enable() is None
     assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_min_compile_time_defaults_to_a_fifth_of_a_second_unless_jax_variable_is_set(
+        tmp_path, monkeypatch, restore_jax_config):
+    monkeypatch.delenv(compile_cache.MIN_SECS_ENV, raising=False)
+    compile_cache.enable(str(tmp_path))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.2
+    monkeypatch.setenv(compile_cache.MIN_SECS_ENV, "0")
+    compile_cache.enable(str(tmp_path))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0

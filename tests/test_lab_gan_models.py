@@ -36,7 +36,7 @@ def test_generator_follows_the_origin_layer_list():
     assert float(jnp.abs(out).max()) < 1.0  # tanh
 
 
-@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("size", [32, pytest.param(64, marks=pytest.mark.slow)])
 def test_discriminator_gives_one_logit_per_image(size):
     disc = DCGANDiscriminator()
     cond, image = jnp.zeros((3, size, size, 1)), jnp.ones((3, size, size, 2))

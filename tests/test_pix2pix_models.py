@@ -42,6 +42,7 @@ def test_patchgan_matches_reference(c_in, expected):
     assert out.shape == (1, 30, 30, 1) and out.dtype == jnp.float32
 
 
+@pytest.mark.slow  # a second eager PatchGAN size: full suite only
 def test_patchgan_runs_at_64px():
     model = PatchGANDiscriminator(base_features=8)
     cond, image = jnp.ones((2, 64, 64, 1)), jnp.zeros((2, 64, 64, 2))
@@ -51,8 +52,9 @@ def test_patchgan_runs_at_64px():
 
 
 @pytest.mark.parametrize(("height", "width", "num_downs"), [
-    (32, 32, 5),
-    pytest.param(64, 64, 6, marks=pytest.mark.slow),  # the deepest U-Net: full suite only
+    # Non-square in the fast subset; the square and the deepest U-Net in the full suite only.
+    pytest.param(32, 32, 5, marks=pytest.mark.slow),
+    pytest.param(64, 64, 6, marks=pytest.mark.slow),
     (32, 64, 5),
 ])
 def test_unet_output_shape(height, width, num_downs):

@@ -49,25 +49,35 @@ def test_reconstruction_term_falls_on_fixed_batch(experiment):
     assert last < 0.5 * first, (experiment, first, last)
 
 
-@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
-def test_update_ratio_keys_change_update_counts():
-    config = tiny_config("pix2pix_lab", None)
+def ratio_config():
+    """LAB GAN with 3 D and 2 G updates per step and the learning rate decaying from step 2 of 4.
+    The update loop is the same for every model; the tests below share this one program (the
+    session's compilation cache), so it costs one compile."""
+    config = tiny_config("lab_gan", None, num_steps=4)
     config.optim.d_updates, config.optim.g_updates = 3, 2
-    state, _ = run_steps(config, fixed_batch(), 2)
-    adam_count = lambda opt_state: int(opt_state[0].count)  # noqa: E731
-    assert adam_count(state.d.opt_state) == 6
-    assert adam_count(state.g.opt_state) == 4
+    config.optim.decay_start = 0.5
+    return config
+
+
+def _adam_count(opt_state) -> int:
+    return int(opt_state[0].count)
+
+
+@pytest.mark.slow  # its own train-step program: not in the fast subset
+def test_update_ratio_keys_change_update_counts():
+    state, _ = run_steps(ratio_config(), fixed_batch(), 2)
+    assert _adam_count(state.d.opt_state) == 6
+    assert _adam_count(state.g.opt_state) == 4
     assert int(state.step) == 2
 
 
-@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
+@pytest.mark.slow  # its own train-step program: not in the fast subset
 def test_update_ratio_is_not_just_bookkeeping():
+    """After one step, D differs from D trained with one update per step (the first step's
+    learning rate is the same, and D's updates all come before G's in a step)."""
     batch = fixed_batch()
-    base = tiny_config("lab_gan", None)
-    more_d = tiny_config("lab_gan", None)
-    more_d.optim.d_updates = 2
-    a, _ = run_steps(base, batch, 1)
-    b, _ = run_steps(more_d, batch, 1)
+    a, _ = run_steps(tiny_config("lab_gan", None), batch, 1)
+    b, _ = run_steps(ratio_config(), batch, 1)
     diff = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.d.params, b.d.params)
     assert max(jax.tree.leaves(diff)) > 0
 
@@ -81,17 +91,15 @@ def test_schedule_constant_then_linear_decay():
     assert float(lr_schedule(2e-4, 100, 1.0)(99)) == pytest.approx(2e-4)
 
 
-@pytest.mark.slow  # compile-bound (U-Net or several train-step programs): not in the fast subset
+@pytest.mark.slow  # its own train-step program: not in the fast subset
 def test_schedule_is_per_train_step_with_several_updates():
-    config = tiny_config("pix2pix_lab", None)
-    config.optim.g_updates = 2
-    config.train.num_steps = 4
-    config.optim.decay_start = 0.5
-    state, history = run_steps(config, fixed_batch(), 3)
+    state, history = run_steps(ratio_config(), fixed_batch(), 3)
     # Step index 2 of 4 with decay from step 2: lr 2e-4 * (1 - 0/2); step 3 would be half.
     assert [h["g_lr"] for h in history] == pytest.approx([2e-4, 2e-4, 2e-4])
-    # Adam's internal count advanced 2 per step, but the schedule is read at count // 2.
-    assert int(state.g.opt_state[0].count) == 6
+    assert [h["d_lr"] for h in history] == pytest.approx([2e-4, 2e-4, 2e-4])
+    # Adam's internal counts advanced 2 (G) and 3 (D) per step; the schedule is read per step.
+    assert _adam_count(state.g.opt_state) == 6
+    assert _adam_count(state.d.opt_state) == 9
 
 
 def test_soft_labels_and_flip_change_discriminator_targets():
