@@ -102,6 +102,22 @@ def test_schedule_is_per_train_step_with_several_updates():
     assert _adam_count(state.d.opt_state) == 9
 
 
+def test_optimisers_read_the_schedule_per_train_step():
+    """The rate Adam applies, not only the one logged: with a constant gradient, Adam's update is
+    -lr (m_hat = v_hat = 1), so the k-th update of a step-s schedule with n updates per step
+    must move by schedule(k // n)."""
+    import jax.numpy as jnp
+
+    gan = build_gan(ratio_config())  # 2 G and 3 D updates per step; decay from step 2 of 4
+    for tx, schedule, per_step in ((gan.g_tx, gan.g_schedule, 2), (gan.d_tx, gan.d_schedule, 3)):
+        params = jnp.zeros(())
+        opt_state = tx.init(params)
+        for k in range(4 * per_step):
+            updates, opt_state = tx.update(jnp.ones(()), opt_state, params)
+            expected = float(schedule(k // per_step))
+            assert -float(updates) == pytest.approx(expected, rel=1e-4, abs=1e-12), (k, per_step)
+
+
 def test_soft_labels_and_flip_change_discriminator_targets():
     from jaxcolor.losses import label_targets
 
