@@ -63,7 +63,7 @@ def _adam_count(opt_state) -> int:
     return int(opt_state[0].count)
 
 
-@pytest.mark.slow  # its own train-step program: not in the fast subset
+@pytest.mark.slow  # compiles the ratio program (shared by the next two): not in the fast subset
 def test_update_ratio_keys_change_update_counts():
     state, _ = run_steps(ratio_config(), fixed_batch(), 2)
     assert _adam_count(state.d.opt_state) == 6
@@ -71,7 +71,7 @@ def test_update_ratio_keys_change_update_counts():
     assert int(state.step) == 2
 
 
-@pytest.mark.slow  # its own train-step program: not in the fast subset
+@pytest.mark.slow  # the ratio program and the tiny LAB GAN: not in the fast subset
 def test_update_ratio_is_not_just_bookkeeping():
     """After one step, D differs from D trained with one update per step (the first step's
     learning rate is the same, and D's updates all come before G's in a step)."""
@@ -91,7 +91,7 @@ def test_schedule_constant_then_linear_decay():
     assert float(lr_schedule(2e-4, 100, 1.0)(99)) == pytest.approx(2e-4)
 
 
-@pytest.mark.slow  # its own train-step program: not in the fast subset
+@pytest.mark.slow  # the ratio program: not in the fast subset
 def test_schedule_is_per_train_step_with_several_updates():
     state, history = run_steps(ratio_config(), fixed_batch(), 3)
     # Step index 2 of 4 with decay from step 2: lr 2e-4 * (1 - 0/2); step 3 would be half.
