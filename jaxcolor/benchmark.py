@@ -3,13 +3,14 @@
 Times the jitted train step (compile, then ``--steps`` steps on a fixed device batch, after
 ``--warmup`` steps) on all local devices and prints images/s. Before that last line it prints
 G inference images/s, XLA's memory analysis of the compiled step, and achieved GFLOP/s against
-the machine's measured peak (``--peak``). FLOPs are XLA's cost analysis of the step compiled
-with the native convolutions (the model's arithmetic; reformulations such as space-to-depth do
-not count their zero taps). Data loading is not included; the trainer logs the fraction of time
-it waits for data (``perf/data_wait_fraction``).
+the machine's measured peak (``--peak``). FLOPs are the convolutions' and matrix products' of
+the native formulation (``jaxcolor.flops``: the model's arithmetic, the same on every backend).
+Data loading is not included; the trainer logs the fraction of time it waits for data
+(``perf/data_wait_fraction``).
 
-``--kernels native|fast`` picks the convolution formulation (``jaxcolor.models.kernels``);
-``--kernels both`` times both, alternating, to choose per backend by measurement.
+``--kernels native|fast`` picks the convolution formulation and ``--transpose native|subpixel``
+the transposed convolutions' (``jaxcolor.models.kernels``); ``both`` times each, alternating
+rounds, to choose per backend by measurement. ``--peak`` measures the peak in the compute dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from jaxcolor import config as config_lib
 from jaxcolor import sharding
+from jaxcolor.flops import model_flops
 from jaxcolor.inference import generator_apply
 from jaxcolor.models import kernels
 from jaxcolor.train_state import build_gan, fresh_state, param_count
@@ -53,12 +55,6 @@ class Timed:
     info: dict
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost.get("flops", 0.0)) if cost else 0.0
-
-
 def _peak_bytes(compiled) -> int:
     mem = compiled.memory_analysis()
     if mem is None:
@@ -67,22 +63,23 @@ def _peak_bytes(compiled) -> int:
                - mem.alias_size_in_bytes)
 
 
-def _compile(fn, args, impl: str | None):
-    """(compiled in ``impl``, seconds to compile, a function giving the FLOPs of the native
-    formulation: compiling that again costs time, so only when asked)."""
-    with kernels.use_conv_impl(impl or kernels.conv_impl()):
+def _compile(fn: Callable, jit_kwargs: dict, args, impl: str | None,
+             transpose: str | None = None):
+    """(``jax.jit(fn, **jit_kwargs)`` compiled in the formulations ``impl`` and ``transpose``
+    (None: the backend's choice), seconds to compile, a function giving the model's FLOPs:
+    ``jaxcolor.flops`` of the native formulation, the same count on every backend)."""
+    impl, transpose = impl or kernels.conv_impl(), transpose or kernels.transpose_impl()
+    with kernels.use_impls(impl, transpose):
         start = time.perf_counter()
-        compiled = fn.lower(*args).compile()
+        # A new function: JAX caches traces per function, and a trace keeps its formulation.
+        compiled = jax.jit(lambda *a: fn(*a), **jit_kwargs).lower(*args).compile()
         compile_s = time.perf_counter() - start
     # Shapes only: the arrays themselves may be donated by the time the FLOPs are asked for.
-    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                         args)
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
 
     def native_flops() -> float:
-        if (impl or kernels.conv_impl()) == "native":
-            return _flops(compiled)
-        with kernels.use_conv_impl("native"):
-            return _flops(fn.lower(*specs).compile())
+        with kernels.use_impls("native", "native"):
+            return model_flops(fn, *specs)
 
     return compiled, compile_s, native_flops
 
@@ -96,8 +93,10 @@ def random_batch(config, mesh) -> dict[str, jax.Array]:
          for k in ("lab", "rgb")}, mesh)
 
 
-def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
-    """The compiled train step and G inference for ``config``, ready to time."""
+def prepare(config, impl: str | None = None, transpose: str | None = None
+            ) -> tuple[Timed, Timed]:
+    """The compiled train step and G inference for ``config``, ready to time, with the
+    convolution formulations ``impl`` and ``transpose`` (None: the backend's choice)."""
     mesh = sharding.make_mesh()
     config_lib.validate(config_lib.resolve(config), jax.device_count())
     gan = build_gan(config)
@@ -105,9 +104,10 @@ def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
     rep = sharding.replicated(mesh)
     state = fresh_state(gan, size, 0, rep)
     batch = random_batch(config, mesh)
-    step = jax.jit(make_train_step(gan, config), in_shardings=(rep, sharding.batch_sharded(mesh)),
-                   out_shardings=(rep, rep), donate_argnums=0)
-    compiled, compile_s, flops = _compile(step, (state, batch), impl)
+    compiled, compile_s, flops = _compile(
+        make_train_step(gan, config),
+        {"in_shardings": (rep, sharding.batch_sharded(mesh)), "out_shardings": (rep, rep),
+         "donate_argnums": 0}, (state, batch), impl, transpose)
     info = {"g_params": param_count(state.g.params), "d_params": param_count(state.d.params)}
     holder = {"state": state}
 
@@ -122,13 +122,13 @@ def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
 
     cond, _ = gan.task.split(batch)
     # The inference apply that colorize, evaluate, export and the server use.
-    predict = jax.jit(generator_apply(gan.generator))
+    apply = generator_apply(gan.generator)
 
     def variables() -> dict:
         g = holder["state"].g
         return {"params": g.params, "batch_stats": g.batch_stats}
 
-    p_compiled, p_compile_s, p_flops = _compile(predict, (variables(), cond), impl)
+    p_compiled, p_compile_s, p_flops = _compile(apply, {}, (variables(), cond), impl, transpose)
 
     def run_predict(n: int) -> float:
         v = variables()
@@ -143,11 +143,12 @@ def prepare(config, impl: str | None = None) -> tuple[Timed, Timed]:
     return train, infer
 
 
-def measure_peak(seconds: float = 2.0) -> dict[str, float]:
-    """The machine's float32 peak as measured: a 4096^3 matmul, and the best of a few large
-    convolutions (forward, native). Returns GFLOP/s of each; ``peak`` is the larger."""
+def measure_peak(dtype: str = "float32", seconds: float = 2.0) -> dict:
+    """The machine's peak in ``dtype`` as measured: a large square matmul, and the best of a few
+    large 3x3 convolutions (forward, native), at JAX's default precision (which on NVIDIA GPUs
+    lets float32 use TF32). Returns GFLOP/s of each and ``peak``, the larger."""
     rng = np.random.default_rng(0)
-    results = {}
+    results: dict = {"dtype": dtype}
 
     def best_rate(fn, args, flops):
         fn = jax.jit(fn)
@@ -160,13 +161,16 @@ def measure_peak(seconds: float = 2.0) -> dict[str, float]:
             best, spent = min(best, took), spent + took
         return flops / best / 1e9
 
-    n = 4096 if jax.default_backend() != "cpu" else 2048
-    a = jnp.asarray(rng.standard_normal((n, n), np.float32))
-    results["matmul"] = best_rate(jnp.matmul, (a, a), 2.0 * n**3)
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
+
+    cpu = jax.default_backend() == "cpu"
+    n = 2048 if cpu else 8192
+    results["matmul"] = best_rate(jnp.matmul, (normal(n, n), normal(n, n)), 2.0 * n**3)
     conv_best = 0.0
     for batch, hw, c in ((8, 32, 256), (4, 64, 128), (1, 32, 512)):
-        x = jnp.asarray(rng.standard_normal((batch, hw, hw, c), np.float32))
-        w = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32))
+        batch *= 1 if cpu else 16  # enough work to fill an accelerator
+        x, w = normal(batch, hw, hw, c), normal(3, 3, c, c)
         flops = 2.0 * batch * hw * hw * 9 * c * c
         rate = best_rate(lambda x, w: kernels.conv2d(x, w, 1, ((1, 1), (1, 1)), "native"),
                          (x, w), flops)
@@ -176,11 +180,9 @@ def measure_peak(seconds: float = 2.0) -> dict[str, float]:
     return results
 
 
-def benchmark(config, steps: int = 10, warmup: int = 2, impl: str | None = None
-              ) -> dict[str, float]:
+def measure(train: Timed, infer: Timed, steps: int = 10, warmup: int = 2) -> dict[str, float]:
     """Compile time, mean step time, images/s, FLOPs and peak memory of the train step, and
-    G inference images/s, for ``config``."""
-    train, infer = prepare(config, impl)
+    G inference images/s, of a ``prepare``d pair."""
     train.run(warmup)
     step_s = train.run(steps) / steps
     infer.run(max(warmup, 1))
@@ -195,6 +197,12 @@ def benchmark(config, steps: int = 10, warmup: int = 2, impl: str | None = None
         "infer_images_per_s": infer.images / infer_s,
         "infer_gflops": infer.native_flops() / 1e9,
     }
+
+
+def benchmark(config, steps: int = 10, warmup: int = 2, impl: str | None = None,
+              transpose: str | None = None) -> dict[str, float]:
+    """``measure`` of ``config``'s train step and G inference."""
+    return measure(*prepare(config, impl, transpose), steps, warmup)
 
 
 def override(config, image_size: int | None, batch_size: int | None,
@@ -222,7 +230,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernels", choices=(*kernels.IMPLS, "both"),
                         help="convolution formulation (default: the backend's choice)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds for 'both'")
+    parser.add_argument("--transpose", choices=(*kernels.TRANSPOSE_IMPLS, "both"),
+                        help="transposed-convolution formulation (default: the backend's choice)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds when a choice is 'both'")
     parser.add_argument("--peak", action="store_true",
                         help="measure the peak GFLOP/s and print achieved/peak")
     args = parser.parse_args()
@@ -231,43 +242,59 @@ def main() -> None:
     devices = jax.devices()
     name = (f"{config.experiment} {config.data.image_size}px batch {config.train.batch_size} "
             f"{config.train.compute_dtype} on {len(devices)} x {devices[0].device_kind}")
-    if args.kernels == "both":
-        compare_impls(config, name, args.steps, args.warmup, args.rounds)
-    impl = None if args.kernels == "both" else args.kernels
-    result = benchmark(config, args.steps, args.warmup, impl)
+
+    def choices(arg: str | None, impls: tuple[str, ...], default: str) -> list[str]:
+        return list(impls) if arg == "both" else [arg or default]
+
+    variants = [(c, t) for c in choices(args.kernels, kernels.IMPLS, kernels.conv_impl())
+                for t in choices(args.transpose, kernels.TRANSPOSE_IMPLS, kernels.transpose_impl())]
+    prepared = {v: prepare(config, *v) for v in variants}
+    if len(variants) > 1:
+        compare(prepared, name, args.steps, args.warmup, args.rounds)
+    # The last line: the single choice given, else the backend's default formulation.
+    chosen = (args.kernels if args.kernels in kernels.IMPLS else kernels.conv_impl(),
+              args.transpose if args.transpose in kernels.TRANSPOSE_IMPLS
+              else kernels.transpose_impl())
+    result = measure(*prepared[chosen], args.steps, args.warmup)
     print(f"{name}: G inference {result['infer_images_per_s']:.1f} images/s "
           f"({result['infer_gflops']:.1f} GFLOP per batch)")
     print(f"{name}: train step {result['step_gflops']:.1f} GFLOP, "
           f"{result['step_gflops'] / result['step_s']:.1f} GFLOP/s achieved; compiled step "
           f"peak memory {result['peak_bytes'] / 2**20:.0f} MiB (XLA memory analysis)")
     if args.peak:
-        peak = measure_peak()
+        peak = measure_peak(config.train.compute_dtype)
         achieved = result["step_gflops"] / result["step_s"]
-        print(f"peak float32: matmul {peak['matmul']:.0f} GFLOP/s, best conv "
-              f"{peak['conv']:.0f} GFLOP/s; train step at {100 * achieved / peak['peak']:.0f}% "
+        print(f"peak {peak['dtype']}: matmul {peak['matmul']:.0f} GFLOP/s, best conv "
+              f"{peak['conv']:.0f} GFLOP/s; train step at {100 * achieved / peak['peak']:.1f}% "
               f"of {peak['peak']:.0f}")
     print(
-        f"{name} ({impl or kernels.conv_impl()} convs): "
+        f"{name} ({chosen[0]} convs, {chosen[1]} transposed): "
         f"G {result['g_params']:,} / D {result['d_params']:,} params | compile "
         f"{result['compile_s']:.1f}s | step {1000 * result['step_s']:.1f} ms | "
         f"{result['images_per_s']:.1f} images/s"
     )
 
 
-def compare_impls(config, name: str, steps: int, warmup: int, rounds: int) -> None:
-    """Times the train step in each formulation, alternating rounds; prints each round."""
-    timed = {impl: prepare(config, impl)[0] for impl in kernels.IMPLS}
-    for t in timed.values():
-        t.run(warmup)
-    totals = dict.fromkeys(timed, 0.0)
+def compare(prepared: dict[tuple[str, str], tuple[Timed, Timed]], name: str, steps: int,
+            warmup: int, rounds: int) -> None:
+    """Times the train step and G inference of each (conv, transposed conv) formulation,
+    alternating rounds; prints each round and the totals."""
+    for train, infer in prepared.values():
+        train.run(warmup)
+        infer.run(max(warmup, 1))
+    totals = {v: [0.0, 0.0] for v in prepared}
     for r in range(rounds):
-        for impl, t in timed.items():
-            seconds = t.run(steps)
-            totals[impl] += seconds
-            print(f"{name}: round {r} {impl}: {steps * t.images / seconds:.2f} images/s")
-    for impl, seconds in totals.items():
-        print(f"{name}: {impl} total {rounds * steps * timed[impl].images / seconds:.2f} "
-              f"images/s")
+        for v, pair in prepared.items():
+            seconds = [timed.run(steps) for timed in pair]
+            totals[v] = [t + s for t, s in zip(totals[v], seconds, strict=True)]
+            print(f"{name}: round {r} {v[0]} convs, {v[1]} transposed: train "
+                  f"{steps * pair[0].images / seconds[0]:.2f} images/s, G inference "
+                  f"{steps * pair[1].images / seconds[1]:.2f} images/s")
+    for v, (train_s, infer_s) in totals.items():
+        train, _ = prepared[v]
+        print(f"{name}: {v[0]} convs, {v[1]} transposed: train "
+              f"{rounds * steps * train.images / train_s:.2f} images/s, G inference "
+              f"{rounds * steps * train.images / infer_s:.2f} images/s")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _full_float32():
+    """Float32 convolutions at full precision on every backend. On NVIDIA GPUs JAX's default
+    precision lets them run in TF32 (10-bit mantissa; relative errors near 1e-3), which says
+    nothing about the formulations these bounds are for. On CPU this changes nothing."""
+    with jax.default_matmul_precision("float32"):
+        yield
+
+
 def _relative(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -157,3 +166,28 @@ def test_conv_transpose_subpixel_uses_formulation():
         got = jax.grad(f)(variables["params"], ConvTranspose(3, subpixel=True), impl)
         for k in ("kernel", "bias"):
             assert _relative(got[k], ref[k]) < 4 * np.finfo(np.float32).eps * 2 * 5 * 6, (impl, k)
+
+
+def _convolutions(module, x, **context) -> int:
+    """Convolutions in the program of ``module`` applied to ``x``, traced under ``context``."""
+    variables = module.init(jax.random.PRNGKey(0), x)
+    with kernels.use_impls(**context):
+        # A new function per trace: JAX caches traces per function.
+        text = jax.jit(lambda v, x: module.apply(v, x)).lower(variables, x).as_text()
+    return text.count("stablehlo.convolution")
+
+
+def test_transposed_convolution_follows_the_backend_choice_and_its_override():
+    """ConvTranspose(subpixel=None) runs as ``transpose_impl()`` says: one native op, or four
+    sub-pixel phases; the per-backend table decides unless ``use_transpose_impl`` overrides it."""
+    x = jnp.zeros((1, 4, 4, 2))
+    assert _convolutions(ConvTranspose(3), x, transpose="native") == 1
+    assert _convolutions(ConvTranspose(3), x, transpose="subpixel") == 4
+    assert _convolutions(ConvTranspose(3, subpixel=False), x, transpose="subpixel") == 1
+    default = kernels.TRANSPOSE_BY_BACKEND.get(jax.default_backend(), "native")
+    assert kernels.transpose_impl() == default
+    assert _convolutions(ConvTranspose(3), x) == {"native": 1, "subpixel": 4}[default]
+    assert kernels.TRANSPOSE_BY_BACKEND["cpu"] == "subpixel"
+    with pytest.raises(ValueError, match="transpose impl 'dense' is unknown"):
+        with kernels.use_transpose_impl("dense"):
+            pass

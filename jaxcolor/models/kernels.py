@@ -15,7 +15,18 @@ PyTorch; inference 1.00x vs 1.26x), although single weight gradients ran faster 
 (3x3 128-channel: 38-75 -> 49-100 GFLOP/s; 2x2 at 256->512 channels: 29 -> 130), and its
 different summation order over a sharded batch moved the 8-vs-1-device agreement past
 ``tests/test_train_step.py``'s bound. ``--kernels both`` re-measures on another machine.
-``use_conv_impl`` overrides the choice while a function is traced (benchmarks, tests).
+``use_conv_impl`` overrides the choice while a function is traced (benchmarks, tests). JAX
+caches traces per function, so a function traced once keeps its formulation: compare them with
+a new function (or a static argument) per formulation.
+
+Transposed convolutions (4x4, stride 2) have their own choice, ``transpose_impl()``:
+``"native"`` (``lax.conv_transpose``) or ``"subpixel"`` (four stride-1 2x2 convolutions, one per
+output phase; ``jaxcolor.models.layers.subpixel_conv_transpose``). ``TRANSPOSE_BY_BACKEND``
+holds the choice measured per backend with ``python -m jaxcolor.benchmark --transpose both``
+(BUILD.md has the figures): sub-pixel on CPU (XLA's CPU gradient of the native op is about 50x
+slower than its forward pass) and on NVIDIA GPUs (an H200 trained 1.0-1.7x faster with it, every
+row and dtype measured; jax-ml/jax#23783). TPUs, not measured, keep the native op.
+``use_transpose_impl`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -30,8 +41,12 @@ from jax import lax
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 IMPLS = ("native", "fast")
+TRANSPOSE_IMPLS = ("native", "subpixel")
+# Measured per backend (BUILD.md, "Speed"); a backend not named here gets "native".
+TRANSPOSE_BY_BACKEND = {"cpu": "subpixel", "gpu": "subpixel"}
 _DN = ("NHWC", "HWIO", "NHWC")
 _override: list[str] = []
+_transpose_override: list[str] = []
 
 
 def conv_impl() -> str:
@@ -41,16 +56,45 @@ def conv_impl() -> str:
     return "native"
 
 
+def transpose_impl() -> str:
+    """The transposed-convolution formulation used now: an active ``use_transpose_impl``, else
+    ``TRANSPOSE_BY_BACKEND`` for the default backend."""
+    if _transpose_override:
+        return _transpose_override[-1]
+    return TRANSPOSE_BY_BACKEND.get(jax.default_backend(), "native")
+
+
 @contextlib.contextmanager
-def use_conv_impl(impl: str) -> Iterator[None]:
-    """Trace convolutions with ``impl`` (one of ``IMPLS``) inside the ``with`` block."""
-    if impl not in IMPLS:
-        raise ValueError(f"conv impl {impl!r} is unknown; choose one of {IMPLS}")
-    _override.append(impl)
+def _pushed(stack: list[str], impl: str, choices: tuple[str, ...], what: str) -> Iterator[None]:
+    if impl not in choices:
+        raise ValueError(f"{what} impl {impl!r} is unknown; choose one of {choices}")
+    stack.append(impl)
     try:
         yield
     finally:
-        _override.pop()
+        stack.pop()
+
+
+def use_conv_impl(impl: str) -> contextlib.AbstractContextManager[None]:
+    """Trace convolutions with ``impl`` (one of ``IMPLS``) inside the ``with`` block."""
+    return _pushed(_override, impl, IMPLS, "conv")
+
+
+def use_transpose_impl(impl: str) -> contextlib.AbstractContextManager[None]:
+    """Trace transposed convolutions with ``impl`` (one of ``TRANSPOSE_IMPLS``) inside the
+    ``with`` block."""
+    return _pushed(_transpose_override, impl, TRANSPOSE_IMPLS, "transpose")
+
+
+@contextlib.contextmanager
+def use_impls(conv: str | None = None, transpose: str | None = None) -> Iterator[None]:
+    """Both choices at once; None leaves that one as it is."""
+    with contextlib.ExitStack() as stack:
+        if conv:
+            stack.enter_context(use_conv_impl(conv))
+        if transpose:
+            stack.enter_context(use_transpose_impl(transpose))
+        yield
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:

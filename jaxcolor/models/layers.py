@@ -89,9 +89,9 @@ class ConvTranspose(nn.Module):
     ``flax.linen.ConvTranspose``.
 
     XLA's CPU backend computes the gradient of a transposed convolution very slowly (about 50x
-    its forward pass here), so on CPU the layer runs as the mathematically identical four
-    sub-pixel 2x2 convolutions (``subpixel_conv_transpose``), same multiply count. Accelerators
-    use the native op.
+    its forward pass here), so the layer can run as the mathematically identical four sub-pixel
+    2x2 convolutions (``subpixel_conv_transpose``), same multiply count. ``subpixel=None``
+    follows ``kernels.transpose_impl()``, chosen per backend by measurement.
     """
 
     features: int
@@ -100,7 +100,7 @@ class ConvTranspose(nn.Module):
     padding: str = "SAME"
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
-    subpixel: bool | None = None  # None: on CPU only
+    subpixel: bool | None = None  # None: kernels.transpose_impl()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -110,7 +110,8 @@ class ConvTranspose(nn.Module):
             "kernel", conv_init, (4, 4, x.shape[-1], self.features), jnp.float32
         ).astype(self.dtype)
         x = x.astype(self.dtype)
-        subpixel = jax.default_backend() == "cpu" if self.subpixel is None else self.subpixel
+        subpixel = (kernels.transpose_impl() == "subpixel") if self.subpixel is None \
+            else self.subpixel
         if subpixel:
             y = subpixel_conv_transpose(x, kernel)
         else:
