@@ -471,8 +471,8 @@ def test_train_dataset_mixed_folder_batches(tmp_path):
     files = data.list_images(root)
     assert sorted(good + bad) == files
     batch_size, epochs = 4, 3
-    batches = _take(data.train_dataset(files, image_size=S, batch_size=batch_size, seed=0),
-                    epochs * len(good) // batch_size)
+    ds = data.train_dataset(files, image_size=S, batch_size=batch_size, seed=0)
+    batches = _take(ds, epochs * len(good) // batch_size)
     counts = dict.fromkeys(bad, 0)
     for batch in batches:
         assert set(batch) == {"lab", "rgb", "skipped"}
@@ -482,9 +482,18 @@ def test_train_dataset_mixed_folder_batches(tmp_path):
             assert np.abs(batch[k]).max() <= 1.0
         for reason in batch["skipped"]:
             counts[_named_file(reason, bad)] += 1
-    # 6 batches hold the good files of 3 epochs; they end at the last good file of epoch 3,
-    # so each bad file was passed over in epochs 1 and 2 and maybe already in epoch 3.
-    assert all(epochs - 1 <= c <= epochs for c in counts.values()), counts
+    # Row j reads stream positions j, j + 4, ...; it reads next at (batches + skips_j) * 4 + j.
+    # Every position below the smallest of those was read, none at or above the largest, and
+    # each epoch of len(files) positions holds each file once: so each bad file was passed
+    # over once per epoch read in full, and at most once per epoch touched.
+    state = ds.get_state()
+    ds.close()
+    next_reads = [(state["batches"] + s) * batch_size + j
+                  for j, s in enumerate(state["row_skips"])]
+    n = len(files)
+    assert sum(counts.values()) == sum(state["row_skips"]) > 0
+    assert all(min(next_reads) // n <= c <= -(-max(next_reads) // n)
+               for c in counts.values()), (counts, next_reads)
 
 
 def test_train_dataset_one_epoch_skips_each_bad_file_once(tmp_path):

@@ -32,12 +32,18 @@ class BadImageError(ValueError):
 
 @functools.lru_cache(maxsize=16)
 def _sample_photo(name: str) -> np.ndarray:
+    """The built-in photo ``name`` in OpenCV's BGR order, contiguous (OpenCV resizes a reversed
+    view about 4x slower: the quick run's loader time), read-only (it is shared)."""
     import skimage.data
 
     if name.startswith("stereo_motorcycle_"):
         left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name.endswith("L") else right
-    return getattr(skimage.data, name)()
+        rgb = left if name.endswith("L") else right
+    else:
+        rgb = getattr(skimage.data, name)()
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    bgr.flags.writeable = False
+    return bgr
 
 
 def to_float_rgb(image: np.ndarray, path: str) -> np.ndarray:
@@ -154,7 +160,7 @@ def decode(source: ImageSource, *, max_pixels: int | None = None) -> np.ndarray:
     Raises BadImageError naming the source for empty, truncated, corrupt or unreadable input.
     """
     if isinstance(source, str) and source.startswith(SAMPLE_PREFIX):
-        return _sample_photo(source[len(SAMPLE_PREFIX):])[..., ::-1]
+        return _sample_photo(source[len(SAMPLE_PREFIX):])
     name = source_name(source)
     raw = read_encoded(source)
     size, orientation = _header(raw)
