@@ -3,8 +3,8 @@
     python benchmarks/loader_speed.py [--dir PHOTOS] [--image_size 256] [--count 24]
 
 Without ``--dir`` it writes ``--count`` synthetic 1600x1200 (1.9 megapixel) JPEGs to a temporary
-folder. One thread (OpenCV limited to one thread too; timed in CPU seconds) runs the same per-
-example work the reader threads or workers run (decode, resize, random crop and flip, Lab
+folder. One thread (OpenCV limited to one thread too; timed in CPU seconds) runs the same
+per-example work the reader threads or workers run (decode, resize, random crop and flip, Lab
 conversion), first from the photos, then from the ArrayRecord cache of ``jaxcolor.data.cache``;
 images/s per core and the number of cores a 2,000 images/s accelerator host would need are
 printed.
