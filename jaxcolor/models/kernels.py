@@ -42,7 +42,7 @@ from jax import lax
 Padding = tuple[tuple[int, int], tuple[int, int]]
 IMPLS = ("native", "fast")
 TRANSPOSE_IMPLS = ("native", "subpixel")
-# Measured per backend (BUILD.md, "Speed"); a backend not named here gets "native".
+# Measured per backend (BUILD.md, "GPU"); a backend not named here gets "native".
 TRANSPOSE_BY_BACKEND = {"cpu": "subpixel", "gpu": "subpixel"}
 _DN = ("NHWC", "HWIO", "NHWC")
 _override: list[str] = []
