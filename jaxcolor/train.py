@@ -14,7 +14,8 @@ globally shuffled record stream, so any process count trains on the same batches
 alone writes TensorBoard, PNG samples, config.json and the console; all processes save and
 restore the Orbax checkpoints together (the data position is global: a run saved with N
 processes resumes with M). A stop signal is agreed by all processes every ``train.log_every``
-steps (see ``_agree_stop``), so they stop, and save, at the same step.
+steps (see ``_agree``), so they stop, and save, at the same step; the count of skipped
+training files logged then is all processes' together.
 
 Non-finite steps (``train.nonfinite``): each step reports on the device whether its losses and
 gradients are finite; the loop reads these flags only where it waits for the device anyway
@@ -170,25 +171,29 @@ def init_distributed(distributed: bool = False, coordinator_address: str | None 
                                num_processes=num_processes, process_id=process_id)
 
 
-def _agree_stop(local_stop: bool) -> bool:
-    """Whether any process was asked to stop (a cross-process all-gather of one flag).
+def _agree(local_stop: bool, local_skipped: int) -> tuple[bool, int]:
+    """Whether any process was asked to stop, and the training files all processes skipped
+    together (each reads only its rows of the global batch): one all-gather of two numbers.
 
     Called at the same steps on every process (every ``log_every`` steps and at the last step),
     where the loop already waits for the device to read the metrics, so it costs one tiny
     collective per log interval and never a sync inside the interval. One process: no collective.
     """
     if jax.process_count() == 1:
-        return local_stop
+        return local_stop, local_skipped
     from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.asarray(local_stop, dtype=np.int32))
-    return bool(np.any(flags))
+    gathered = multihost_utils.process_allgather(
+        np.asarray([local_stop, local_skipped], dtype=np.int64))
+    gathered = np.asarray(gathered).reshape(-1, 2)
+    return bool(gathered[:, 0].any()), int(gathered[:, 1].sum())
 
 
-def _report_skipped(reasons: np.ndarray, counter: dict[str, int]) -> None:
+def _warn_skipped(reasons) -> int:
+    """Logs each skipped file's reason; returns how many."""
     for reason in reasons:
-        counter["skipped"] += 1
         log.warning("skipped %s", reason)
+    return len(reasons)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
@@ -257,8 +262,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                         f"data position {batches.resumed_records} records")
 
     validator = Validator(gan, config, splits["validation"], mesh, workdir)
-    counter = {"skipped": 0}
-    _report_skipped(validator.skipped, counter)
+    # Every process loads the same validation images: their skips count once.
+    val_skipped = _warn_skipped(validator.skipped)
+    local_skipped = train_skipped = 0  # this process's training rows; all processes' (logged)
     if not validator.batches:
         log.warning("no usable validation image: validation loss and sample grids are off")
 
@@ -280,15 +286,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             t0 = time.perf_counter()
             local = next(batches)
             wait_time += time.perf_counter() - t0
-            _report_skipped(local.pop("skipped"), counter)
+            local_skipped += _warn_skipped(local.pop("skipped"))
             state, metrics = step_fn(state, sharding.to_global(local, mesh))
             step += 1
             pending.append(metrics)
             log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
             if jax.process_count() == 1:
-                stopping = bool(stop)
+                stopping, train_skipped = bool(stop), local_skipped
             elif log_due:
-                stopping = _agree_stop(bool(stop))
+                stopping, train_skipped = _agree(bool(stop), local_skipped)
             if not skip_nonfinite and (
                 log_due or stopping or checkpointer.is_due(step)
                 or step % cfg_t.eval_every == 0 or step % cfg_t.image_every == 0
@@ -312,7 +318,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                 scalars.update({
                     "perf/images_per_sec": images_per_sec,
                     "perf/data_wait_fraction": wait_time / (now - last_time),
-                    "data/skipped_files": counter["skipped"],
+                    "data/skipped_files": val_skipped + train_skipped,
                 })
                 if skip_nonfinite:
                     scalars["train/skipped_steps"] = skipped_steps
@@ -343,8 +349,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         if hasattr(batches, "close"):
             batches.close()
         raise NonFiniteError(_nonfinite_message(*nonfinite, step, checkpointer))
-    if counter["skipped"]:
-        summary.message(f"{counter['skipped']} unusable file(s) were skipped (see warnings)")
+    if val_skipped + train_skipped:
+        summary.message(f"{val_skipped + train_skipped} unusable file(s) were skipped (see "
+                        "warnings)")
     if stopping:
         command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
                            + sys.argv[1:])

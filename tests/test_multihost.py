@@ -187,6 +187,22 @@ def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_pa
               {s: f"{abs(a[s] - b[s]) / abs(b[s]):.1e}" for s in a})
         np.testing.assert_allclose(a[resumed + 1], b[resumed + 1], rtol=1e-5, err_msg=tag)
         np.testing.assert_allclose(a[total], b[total], rtol=3e-2, err_msg=tag)
+    # data/skipped_files (written by process 0) counts the training files that all processes
+    # skipped since the launch, plus the validation images skipped at start. The 1-process
+    # resume gives the validation part; the 2-process launches must then count every row's
+    # skips of the reference, not only process 0's rows.
+    def skips(s: int, rows: slice = slice(None)) -> int:
+        return sum(reference[s - 1]["row_skips"][rows]) if s else 0
+
+    logged = _scalars(run, "data/skipped_files")  # 2 processes up to `stopped`, then 1 process
+    validation_skips = logged[total] - (skips(total) - skips(stopped))
+    logged_elastic = _scalars(elastic, "data/skipped_files")
+    counted = {s: logged[s] for s in range(1, stopped + 1)}
+    counted.update({s: logged_elastic[s] + skips(resumed) for s in range(resumed + 1, total + 1)})
+    assert counted == {s: validation_skips + skips(s) for s in counted}, (counted, reference)
+    process_1 = slice(2, 4)  # rows 2 and 3 of the global batch of 4
+    assert any(skips(s, process_1) > skips(s - 1, process_1) for s in counted), \
+        "no checked step has a skip in process 1's rows: the check above could not fail"
     print(f"stopped at {stopped}, resumed 2->1 from {stopped} and 1->2 from {resumed}; "
           f"positions (records consumed) 1..{total}: "
           f"{[p['records_consumed'] for p in reference]}; final position {final}")
