@@ -175,9 +175,10 @@ def _agree(local_stop: bool, local_skipped: int) -> tuple[bool, int]:
     """Whether any process was asked to stop, and the training files all processes skipped
     together (each reads only its rows of the global batch): one all-gather of two numbers.
 
-    Called at the same steps on every process (every ``log_every`` steps and at the last step),
-    where the loop already waits for the device to read the metrics, so it costs one tiny
-    collective per log interval and never a sync inside the interval. One process: no collective.
+    With several processes it is called at the same steps on every process (every
+    ``log_every`` steps and at the last step), where the loop already waits for the device to
+    read the metrics, so it costs one tiny collective per log interval and never a sync inside
+    the interval. One process: no collective.
     """
     if jax.process_count() == 1:
         return local_stop, local_skipped
@@ -291,9 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             step += 1
             pending.append(metrics)
             log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
-            if jax.process_count() == 1:
-                stopping, train_skipped = bool(stop), local_skipped
-            elif log_due:
+            if jax.process_count() == 1 or log_due:  # several processes: at log steps only
                 stopping, train_skipped = _agree(bool(stop), local_skipped)
             if not skip_nonfinite and (
                 log_due or stopping or checkpointer.is_due(step)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -106,8 +107,6 @@ def test_optimisers_read_the_schedule_per_train_step():
     """The rate Adam applies, not only the one logged: with a constant gradient, Adam's update is
     -lr (m_hat = v_hat = 1), so the k-th update of a step-s schedule with n updates per step
     must move by schedule(k // n)."""
-    import jax.numpy as jnp
-
     gan = build_gan(ratio_config())  # 2 G and 3 D updates per step; decay from step 2 of 4
     for tx, schedule, per_step in ((gan.g_tx, gan.g_schedule, 2), (gan.d_tx, gan.d_schedule, 3)):
         params = jnp.zeros(())
