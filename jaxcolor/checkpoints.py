@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import json
 import logging
@@ -213,7 +214,7 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return False
         # Saving reads the whole state anyway; this one reduction keeps NaNs off the disk.
-        if not bool(_jit_all_finite(state)):
+        if not bool(_all_finite_program()(state)):
             raise NonFiniteStateError(
                 f"not saving step {step} in {self.directory}: the state holds non-finite values")
         items = {"state": ocp.args.StandardSave(state)}
@@ -281,7 +282,14 @@ class Checkpointer:
         self._manager.close()
 
 
-_jit_all_finite = jax.jit(all_finite)
+@functools.cache
+def _all_finite_program() -> Callable[[Any], jax.Array]:
+    """``all_finite`` jitted; on CPU without LLVM's optimisations. Every process compiles it
+    at its first save: 0.9-1.2 s instead of 2.1-2.5 s (LAB GAN, pix2pix); the check then takes
+    0.06-0.25 s instead of 0.02-0.05 s per checkpoint, next to a save of seconds."""
+    cpu = jax.default_backend() == "cpu"  # not at import: the backend starts after distributed
+    return jax.jit(all_finite,
+                   compiler_options={"xla_backend_optimization_level": 0} if cpu else None)
 
 
 def _gather_processes(local: np.ndarray) -> np.ndarray:

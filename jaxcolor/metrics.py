@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import stats
-from skimage.metrics import structural_similarity
 
 from jaxcolor import colour
 
@@ -73,6 +71,10 @@ def ssim(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> np.ndarray:
     (not sample) covariances. Images must be at least 11 pixels in height and width.
     Identical images give 1.
     """
+    # Imported here, as is SciPy in ``summarize``: together they take ~1.3 s to import, which
+    # every command that imports this module (train, colorize, serve, --help) would pay.
+    from skimage.metrics import structural_similarity
+
     pred = _to_uint8_levels(pred_rgb)
     true = _to_uint8_levels(true_rgb)
     _check_batch(pred, true)
@@ -187,6 +189,8 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]
         if n < 2:
             return mean, float("nan")
         sem = np.std(x, ddof=1) / np.sqrt(n)
+    from scipy import stats  # see ssim
+
     return mean, float(stats.t.ppf(0.5 * (1.0 + confidence), n - 1) * sem)
 
 

@@ -15,12 +15,19 @@ The gradients are read from the real train step by swapping the optimisers for
 ``record_gradients()``, which stores the gradient in the optimiser state and leaves the
 parameters unchanged, so nothing else in the step differs from training.
 
-Tolerance: float32 has eps = 1.2e-7 and the longest reductions here (BatchNorm over the global
-batch, 8 x 32 x 32 = 8192 terms) have a worst-case relative rounding error of n * eps = 1e-3;
-changing only their order (1 device vs 8) gives errors of about sqrt(n) * eps = 1e-5 per
-reduction. ``TOLERANCE = 1e-3`` is that worst-case bound. A sharding bug changes the maths, not
-the rounding: ``tests/test_train_step.py`` shows that a per-device gradient or per-device
-BatchNorm statistics give errors far above it.
+Tolerance, float32 (``TOLERANCE``, for comparisons of float32 programs): eps = 1.2e-7 and the
+longest reductions here (BatchNorm over the global batch, 8 x 32 x 32 = 8192 terms) have a
+worst-case relative rounding error of n * eps = 1e-3; ``TOLERANCE = 1e-3`` is that bound. Measured
+1 vs 8 devices, the LAB GAN's D gradient came to 8.3e-4 of it on one CPU: the bound holds, but
+with little room, since rounding is amplified by the step's conditioning.
+
+The device check below therefore computes in float64 (``jax_enable_x64``; activations, BatchNorm
+statistics and gradients inside the networks; parameters, losses and the networks' outputs stay
+float32 as in training). Summation order then moves results by ~1e-16 relative times the same
+amplification, and what reaches float32 is rounded per element, identically in both layouts.
+``FLOAT64_TOLERANCE = 1e-6`` is 16 float32 roundings (2^-24 each). A sharding bug changes the
+maths, not the rounding: ``tests/test_train_step.py`` shows that a per-device gradient or
+per-device BatchNorm statistics give errors of 1e-3 to 1, far above it.
 
 ``python tests/equivalence.py lab_gan:per_device_gradient,per_device_batchnorm pix2pix_lab``
 (with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) prints one JSON line per experiment
@@ -43,6 +50,7 @@ import numpy as np
 import optax
 
 TOLERANCE = 1e-3
+FLOAT64_TOLERANCE = 1e-6
 LOSS_KEYS = ("d_loss", "d_real", "d_fake", "g_loss", "g_adv", "g_recon")
 
 
@@ -108,32 +116,47 @@ def assert_equivalent(reference, other, tolerance: float = TOLERANCE) -> dict[st
 # --------------------------------------------------------------------------- the device check
 
 
-def _one_step(name: str, devices, bug: str | None = None) -> dict[str, Any]:
-    """One train step of experiment ``name`` on the fixed 8-image batch over ``devices``.
+def _experiment(name: str):
+    """``(config, gan, initial state)`` of experiment ``name`` as the device check runs it: the
+    networks computing in float64 (needs ``jax_enable_x64``), their own parameters float32.
+
+    The initial state is drawn once per experiment, on the host, and placed on each layout's
+    devices: the same numbers for every layout, and one init program compiled, not one per
+    layout (~4 s each on CPU)."""
+    from conftest import tiny_config
+
+    from jaxcolor import models
+    from jaxcolor.train_state import build_gan, fresh_state
+
+    assert jax.config.jax_enable_x64, "the device check computes in float64"
+    config = tiny_config(name, None)  # the tests' widths: float64 needs no wider networks
+    config.train.batch_size = 8
+    gan = build_gan(config)
+    gan = dataclasses.replace(
+        gan, g_tx=record_gradients(), d_tx=record_gradients(),
+        generator=models.build_generator(config.model, gan.task, jnp.float64),
+        discriminator=models.build_discriminator(config.model, gan.task, jnp.float64))
+    return config, gan, jax.device_get(fresh_state(gan, 32, 0))
+
+
+def _one_step(experiment, devices, bug: str | None = None) -> dict[str, Any]:
+    """One train step of ``experiment`` (from ``_experiment``) on the fixed 8-image batch over
+    ``devices``.
 
     ``bug`` injects a real data-parallel mistake (tests of the test): "per_device_gradient"
     runs the step on each device's slice with no collective (the result is device 0's);
     "per_device_batchnorm" does the same but averages gradients, losses and statistics over
     devices afterwards, as a ``pmap`` trainer whose BatchNorm lacks ``axis_name`` would.
     """
-    from conftest import tiny_config
     from test_train_step import fixed_batch
 
     from jaxcolor import sharding
-    from jaxcolor.train_state import build_gan, fresh_state
     from jaxcolor.train_step import make_train_step
 
-    config = tiny_config(name, None)
-    # pix2pix's own widths, on which the tolerance's reasoning was checked. At 16 features the
-    # float32 gradients differ by up to 2% between 1 and 8 devices (pix2pix_lab: G 0.6%, D 2.3%):
-    # rounding amplified by poor conditioning, not sharding, since the same step computed in
-    # float64 agrees exactly (gradients identical, BatchNorm statistics to 6e-16).
-    config.model.ngf = config.model.ndf = 64
-    config.train.batch_size = 8
+    config, gan, initial = experiment
     mesh = sharding.make_mesh(devices)
-    gan = dataclasses.replace(build_gan(config), g_tx=record_gradients(), d_tx=record_gradients())
     rep = sharding.replicated(mesh)
-    state = fresh_state(gan, 32, 0, rep)
+    state = jax.device_put(initial, rep)
     train_step = real_step = make_train_step(gan, config)
     if bug is not None:
         from jax.sharding import PartitionSpec as P
@@ -148,7 +171,9 @@ def _one_step(name: str, devices, bug: str | None = None) -> dict[str, Any]:
                                    out_specs=(P(), P()), check_vma=False)
     step = jax.jit(train_step, in_shardings=(rep, sharding.batch_sharded(mesh)),
                    out_shardings=(rep, rep))
-    batch = sharding.to_global(fixed_batch(8), mesh)
+    # float32, as the trainer's batches (NumPy would make them float64 under jax_enable_x64)
+    host = {k: np.asarray(v, np.float32) for k, v in fixed_batch(8).items()}
+    batch = sharding.to_global(host, mesh)
     assert len(batch["lab"].sharding.device_set) == len(devices)
     return step_quantities(*step(state, batch))
 
@@ -156,13 +181,15 @@ def _one_step(name: str, devices, bug: str | None = None) -> dict[str, Any]:
 def main(args: list[str]) -> None:
     """``args``: ``NAME`` or ``NAME:BUG,BUG`` (the bugs to inject for that experiment)."""
     assert jax.device_count() == 8, jax.devices()
+    jax.config.update("jax_enable_x64", True)
     for arg in args:
         name, _, bugs = arg.partition(":")
-        one = _one_step(name, jax.devices()[:1])
+        experiment = _experiment(name)
+        one = _one_step(experiment, jax.devices()[:1])
         report = {"experiment": name,
-                  "eight_devices": relative_errors(one, _one_step(name, jax.devices()))}
+                  "eight_devices": relative_errors(one, _one_step(experiment, jax.devices()))}
         for bug in filter(None, bugs.split(",")):
-            report[bug] = relative_errors(one, _one_step(name, jax.devices(), bug))
+            report[bug] = relative_errors(one, _one_step(experiment, jax.devices(), bug))
         print(json.dumps(report), flush=True)
 
 

@@ -144,7 +144,8 @@ def test_bce_on_logits_is_stable():
 # Data parallelism must not change the maths: the 8-device step reduces gradients and BatchNorm
 # statistics over the global batch, in a different summation order. ``tests/equivalence.py``
 # compares one step's losses, gradients (scaled to their norm) and BatchNorm statistics, which are
-# well conditioned, never parameters after Adam (whose first step is lr * sign(gradient)).
+# well conditioned, never parameters after Adam (whose first step is lr * sign(gradient)). It
+# computes in float64, so that the check holds on any CPU with a tight tolerance.
 def _device_check(*args: str) -> list[dict]:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     result = subprocess.run(
@@ -157,21 +158,24 @@ def _device_check(*args: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_eight_devices_match_one_device():
-    from equivalence import TOLERANCE
+    from equivalence import FLOAT64_TOLERANCE, TOLERANCE
 
     bugs = ("per_device_gradient", "per_device_batchnorm")
     reports = {r["experiment"]: r for r in _device_check(f"lab_gan:{','.join(bugs)}",
                                                           "pix2pix_lab")}
     assert set(reports) == {"lab_gan", "pix2pix_lab"}
+    exact = ("g_grads", "d_grads", "batch_stats")  # computed in float64 by the check
     for name, report in reports.items():
         errors = report["eight_devices"]
-        assert max(errors.values()) <= TOLERANCE, (name, errors)
+        assert max(errors[k] for k in exact) <= FLOAT64_TOLERANCE, (name, errors)
+        # The losses are float32 means, as in training: float32's bound.
+        assert max(v for k, v in errors.items() if k.startswith("loss/")) <= TOLERANCE, errors
     # The test of the test: each real data-parallel mistake is caught, by a wide margin
-    # (gradients and statistics off by O(0.1-1), against a 1e-3 tolerance).
+    # (gradients and statistics off by 0.1-4, against a 1e-6 tolerance).
     for bug in bugs:
         errors = reports["lab_gan"][bug]
-        caught = {k for k, v in errors.items() if v > 10 * TOLERANCE}
-        assert {"g_grads", "d_grads", "batch_stats"} <= caught, (bug, errors)
+        caught = {k for k, v in errors.items() if v > 1e4 * FLOAT64_TOLERANCE}
+        assert set(exact) <= caught, (bug, errors)
 
 
 def test_equivalence_check_rejects_a_small_error():
