@@ -71,7 +71,7 @@ def ssim(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> np.ndarray:
     (not sample) covariances. Images must be at least 11 pixels in height and width.
     Identical images give 1.
     """
-    # Imported here, as is SciPy in ``summarize``: together they take ~1.3 s to import, which
+    # Imported here, as is SciPy in ``mean_ci``: together they take ~1.3 s to import, which
     # every command that imports this module (train, colorize, serve, --help) would pay.
     from skimage.metrics import structural_similarity
 

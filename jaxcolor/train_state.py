@@ -115,11 +115,17 @@ def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None) -> G
     optimising the random-number code of every parameter took longer (~12 s for the LAB GAN)
     than running it unoptimised. The values are the same draws up to float rounding of the
     normal distribution's transform."""
-    init = jax.jit(lambda key: init_state(gan, key, image_size), out_shardings=sharding)
-    key = jax.random.PRNGKey(seed)
-    if jax.default_backend() != "cpu":
-        return init(key)
-    return init.lower(key).compile({"xla_backend_optimization_level": 0})(key)
+    init = jax.jit(lambda key: init_state(gan, key, image_size), out_shardings=sharding,
+                   compiler_options=run_once_options())
+    return init(jax.random.PRNGKey(seed))
+
+
+def run_once_options() -> dict[str, Any] | None:
+    """XLA compiler options for programs that run once per run or per checkpoint (the init, the
+    finiteness check before a save): on CPU, no LLVM optimisation, which costs more compile
+    time than it saves; elsewhere the defaults. Call after the backend is chosen (not at
+    import: ``jax.distributed`` must start first)."""
+    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
 def param_count(params: Any) -> int:
