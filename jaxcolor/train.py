@@ -382,7 +382,10 @@ def main(argv) -> None:
                      FLAGS.process_id)
     if jax.process_count() == 1:
         # Persistent XLA cache: a resumed or repeated run loads its compiled step. Not for
-        # multi-process runs: 2-process CPU jobs sharing a cache hung in Gloo's start-up here.
+        # multi-process runs: the cache key holds the process's device topology and only process 0
+        # writes, so only process 0 loads; it then waits for the others, which compile, at the
+        # first collective, and Gloo allows 30 s there (jaxlib 0.10, not configurable): a pair
+        # whose process 1 took longer to compile failed with "Gloo context initialization failed".
         from jaxcolor import compile_cache
 
         compile_cache.enable()

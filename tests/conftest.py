@@ -12,7 +12,7 @@ import pytest
 
 from jaxcolor import compile_cache
 from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import build_gan, init_state
+from jaxcolor.train_state import build_gan, init_state, run_once_options
 
 # One persistent XLA compilation cache per test session, shared by the xdist workers and the
 # command-line subprocesses they start (they inherit the variables): many tests compile the same
@@ -25,6 +25,13 @@ if compile_cache.ENV not in os.environ:
 # model files: 34 s with only programs over 0.2 s cached, 14 s with all).
 os.environ.setdefault(compile_cache.MIN_SECS_ENV, "0")
 compile_cache.enable()
+
+
+def init_once(model, *args, **kwargs):
+    """``model.init(*args, **kwargs)`` as one program compiled with the trainer's options for
+    run-once programs (no LLVM optimisation on CPU). Eager ``init`` compiles a random-normal
+    program per parameter shape instead, about 2 s each on CPU: most of the model tests' time."""
+    return jax.jit(lambda *a: model.init(*a, **kwargs), compiler_options=run_once_options())(*args)
 
 
 def synthetic_photo(seed: int, height: int = 48, width: int = 56) -> np.ndarray:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import init_once
 
 from jaxcolor.models import kernels
 from jaxcolor.models.lab_gan import LabGenerator
@@ -128,7 +129,7 @@ def test_networks_equal_across_formulations(model):
                 shapes[impl] = jax.eval_shape(
                     lambda: module.init(keys, *inputs(x), train=False))
         assert jax.tree.map(jnp.shape, shapes["native"]) == jax.tree.map(jnp.shape, shapes["fast"])
-        variables = {"native": jax.jit(lambda: module.init(keys, *inputs(x), train=False))()}
+        variables = {"native": init_once(module, keys, *inputs(x), train=False)}
         params = jax.tree.map(lambda a: a.astype(jnp.float64), variables["native"]["params"])
         stats = variables["native"].get("batch_stats", {})
 

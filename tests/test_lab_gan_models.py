@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import init_once
 
 from jaxcolor.models.lab_gan import DCGANDiscriminator, LabGenerator
 
@@ -22,7 +23,7 @@ def test_generator_output_size_equals_input_size(height, width):
 def test_generator_follows_the_origin_layer_list():
     gen = LabGenerator()
     x = jnp.linspace(-1, 1, 2 * 32 * 32).reshape(2, 32, 32, 1)
-    variables = gen.init(jax.random.PRNGKey(0), x, train=False)
+    variables = init_once(gen, jax.random.PRNGKey(0), x, train=False)
     params = variables["params"]
     convs = [params[f"Conv_{i}"]["kernel"].shape for i in range(14)]
     assert convs[:3] == [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 128)]
@@ -40,7 +41,7 @@ def test_generator_follows_the_origin_layer_list():
 def test_discriminator_gives_one_logit_per_image(size):
     disc = DCGANDiscriminator()
     cond, image = jnp.zeros((3, size, size, 1)), jnp.ones((3, size, size, 2))
-    variables = disc.init(jax.random.PRNGKey(0), cond, image, train=False)
+    variables = init_once(disc, jax.random.PRNGKey(0), cond, image, train=False)
     logits, _ = disc.apply(variables, cond, image, train=True, mutable=["batch_stats"])
     assert logits.shape == (3, 1)
     assert "BatchNorm_0" in variables["batch_stats"]

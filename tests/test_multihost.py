@@ -124,35 +124,72 @@ def _reference_positions(photo_dir, steps: int) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.xdist_group(MULTI_PROCESS)
 def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_path):
+    """1 process x 4 devices from scratch; a copy of it resumed by 2 processes x 2 devices
+    (elastic 1 -> 2) and stopped by a signal to one process; that resumed by 1 process again
+    (elastic 2 -> 1). Four trainer processes, three of which compile: the second 1-process run
+    loads its program from the session's compilation cache (2-process runs do not use it)."""
     # Unusable files among the photos: rows skip and refill, and positions must count them.
     for name in ("0003_empty.png", "0007_text.jpg", "0010_empty.png"):
         with open(os.path.join(photo_dir, name), "wb") as f:
             f.write(b"" if name.endswith(".png") else b"not a jpeg")
+    process_1 = slice(2, 4)  # rows 2 and 3 of the global batch of 4
 
-    # 2 processes x 2 devices, stopped by a signal to one process: both stop at the same step.
-    run = tmp_path / "two_then_one"
+    def skips(reference, s: int, rows: slice = slice(None)) -> int:
+        return sum(reference[s - 1]["row_skips"][rows]) if s else 0
+
+    # The 2-process run resumes at `start`, chosen so that process 1's rows skip a file in its
+    # first two steps: the check of the logged skip count below could not fail otherwise.
+    reference = _reference_positions(photo_dir, 30)
+    start = next((s for s in range(2, 28)
+                  if skips(reference, s + 2, process_1) > skips(reference, s, process_1)), None)
+    assert start is not None, f"no skip in process 1's rows: {reference}"
+    after = start + 2
+
+    # 1 process x 4 devices from scratch to `after`: the positions of one process's reading.
+    single = tmp_path / "single"
+    _single(_flags(photo_dir, single, after))
+    for step in range(1, after + 1):
+        assert _position(single, step) == reference[step - 1], step
+
+    # Elastic 1 -> 2: the run as it was at `start`, resumed by 2 processes x 2 devices and
+    # stopped by a signal to one process: both stop at the same step.
+    run = tmp_path / "one_then_two"
+    _truncated_copy(single, run, start)
     procs = _launch_pair(_flags(photo_dir, run, 100000))
     lines, deadline = [], time.time() + 300
     for line in procs[0].stdout:  # process 0 alone prints; a progress line per step
         lines.append(line)
         progress = re.match(r"\[\s*(\d+)/100000", line)
-        if (progress and int(progress.group(1)) >= 2) or time.time() > deadline:
+        if (progress and int(progress.group(1)) >= after) or time.time() > deadline:
             break
     procs[1].send_signal(signal.SIGTERM)
     outs = _finish(procs)
     out0 = "".join(lines) + outs[0]
     assert "4 device(s) (cpu), 2 process(es)" in out0, out0
+    assert f"resumed from step {start} " in out0, out0
+    assert f"data position {reference[start - 1]['records_consumed']} records" in out0, out0
     assert "stop requested by another process: stopped at step" in out0, out0
     assert "process 1 of 2: SIGTERM: stopped at step" in outs[1], outs[1]
     stopped = int(out0.split("stopped at step ")[1].split(",")[0])
-    assert stopped >= 2 and _steps(run) == list(range(1, stopped + 1))
-    total = stopped + 3
-
+    assert stopped >= after and _steps(run) == list(range(1, stopped + 1))
+    total = stopped + 2
+    reference = _reference_positions(photo_dir, total)
     # The 2 processes read the global batches one process reads: positions agree at every
     # step, skipped files included.
-    reference = _reference_positions(photo_dir, total)
-    for step in range(1, stopped + 1):
+    for step in range(start + 1, stopped + 1):
         assert _position(run, step) == reference[step - 1], step
+    # The first step after the resume runs the same program on the same batch and parameters,
+    # so the losses agree to float32 rounding of differently ordered sums (XLA's in-process
+    # all-reduce against Gloo's): measured <= 4e-7 relative, checked at 1e-5. Adam divides by
+    # sqrt(v) of near-zero gradients and amplifies these differences step by step (measured up
+    # to 2e-5 relative one step later; <1e-2 after 6 steps in test_train_step's 8-versus-1-device
+    # test), so the next step gets 3e-2.
+    for tag in LOSSES:
+        a, b = _scalars(run, tag), _scalars(single, tag)
+        print(tag, "2x2 vs 1x4 relative difference by step:",
+              {s: f"{abs(a[s] - b[s]) / abs(b[s]):.1e}" for s in (start + 1, after)})
+        np.testing.assert_allclose(a[start + 1], b[start + 1], rtol=1e-5, err_msg=tag)
+        np.testing.assert_allclose(a[after], b[after], rtol=3e-2, err_msg=tag)
 
     # Elastic 2 -> 1: the 2-process checkpoint resumes as 1 process x 4 devices at the same
     # step and data position, and goes on through the same batches.
@@ -165,46 +202,19 @@ def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_pa
     assert sum(final["row_skips"]) > 0, final  # some rows did skip and refill
     assert final["records_consumed"] == total * 4 + sum(final["row_skips"])
 
-    # Elastic 1 -> 2: the 1-process run as it was one step after the resume, resumed by 2
-    # processes: the same batches, and the same losses as the 1-process run at those steps.
-    elastic = tmp_path / "one_then_two"
-    resumed = stopped + 1
-    _truncated_copy(run, elastic, resumed)
-    outs = _finish(_launch_pair(_flags(photo_dir, elastic, total)))
-    assert f"resumed from step {resumed} " in outs[0], outs[0]
-    for step in range(resumed + 1, total + 1):
-        assert _position(elastic, step) == reference[step - 1], step
-    # The first step after the resume runs the same program on the same batch and parameters,
-    # so the losses agree to float32 rounding of differently ordered sums (XLA's in-process
-    # all-reduce against Gloo's): measured <= 4e-7 relative, checked at 1e-5. Adam divides by
-    # sqrt(v) of near-zero gradients and amplifies these differences step by step (measured up
-    # to 2e-5 relative one step later; <1e-2 after 6 steps in test_train_step's 8-versus-1-device
-    # test), so the next step gets 3e-2.
-    for tag in LOSSES:
-        a, b = _scalars(elastic, tag), _scalars(run, tag)
-        assert sorted(a) == list(range(resumed + 1, total + 1)), (tag, a)
-        print(tag, "2x2 vs 1x4 relative difference by step:",
-              {s: f"{abs(a[s] - b[s]) / abs(b[s]):.1e}" for s in a})
-        np.testing.assert_allclose(a[resumed + 1], b[resumed + 1], rtol=1e-5, err_msg=tag)
-        np.testing.assert_allclose(a[total], b[total], rtol=3e-2, err_msg=tag)
-    # data/skipped_files (written by process 0) counts the training files that all processes
-    # skipped since the launch, plus the validation images skipped at start. The 1-process
-    # resume gives the validation part; the 2-process launches must then count every row's
-    # skips of the reference, not only process 0's rows.
-    def skips(s: int, rows: slice = slice(None)) -> int:
-        return sum(reference[s - 1]["row_skips"][rows]) if s else 0
-
-    logged = _scalars(run, "data/skipped_files")  # 2 processes up to `stopped`, then 1 process
-    validation_skips = logged[total] - (skips(total) - skips(stopped))
-    logged_elastic = _scalars(elastic, "data/skipped_files")
-    counted = {s: logged[s] for s in range(1, stopped + 1)}
-    counted.update({s: logged_elastic[s] + skips(resumed) for s in range(resumed + 1, total + 1)})
-    assert counted == {s: validation_skips + skips(s) for s in counted}, (counted, reference)
-    process_1 = slice(2, 4)  # rows 2 and 3 of the global batch of 4
-    assert any(skips(s, process_1) > skips(s - 1, process_1) for s in counted), \
-        "no checked step has a skip in process 1's rows: the check above could not fail"
-    print(f"stopped at {stopped}, resumed 2->1 from {stopped} and 1->2 from {resumed}; "
-          f"positions (records consumed) 1..{total}: "
+    # data/skipped_files (written by process 0) counts the validation images skipped at start
+    # plus the training files that all processes skipped since the launch: the 2-process run
+    # must count every row's skips of the reference, not only process 0's rows (and process
+    # 1's rows do skip in its steps, by the choice of `start`).
+    logged = _scalars(single, "data/skipped_files")
+    validation_skips = logged[1] - skips(reference, 1)
+    assert logged == {s: validation_skips + skips(reference, s) for s in range(1, after + 1)}
+    logged = _scalars(run, "data/skipped_files")  # 2 processes to `stopped`, then 1 process
+    launches = {s: start if s <= stopped else stopped for s in range(start + 1, total + 1)}
+    assert logged == {s: validation_skips + skips(reference, s) - skips(reference, resumed)
+                      for s, resumed in launches.items()}, (logged, reference)
+    print(f"1 process to step {after}; 2 processes resumed at {start}, stopped at {stopped}; "
+          f"1 process resumed to {total}; positions (records consumed) 1..{total}: "
           f"{[p['records_consumed'] for p in reference]}; final position {final}")
 
 

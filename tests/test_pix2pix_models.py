@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import init_once
 
 from jaxcolor.models.pix2pix import PatchGANDiscriminator, UNetGenerator
 
@@ -46,7 +47,7 @@ def test_patchgan_matches_reference(c_in, expected):
 def test_patchgan_runs_at_64px():
     model = PatchGANDiscriminator(base_features=8)
     cond, image = jnp.ones((2, 64, 64, 1)), jnp.zeros((2, 64, 64, 2))
-    variables = model.init(jax.random.key(0), cond, image, train=False)
+    variables = init_once(model, jax.random.key(0), cond, image, train=False)
     out, _ = model.apply(variables, cond, image, train=True, mutable=["batch_stats"])
     assert out.shape == (2, 6, 6, 1) and out.dtype == jnp.float32
 
@@ -60,7 +61,7 @@ def test_patchgan_runs_at_64px():
 def test_unet_output_shape(height, width, num_downs):
     model = UNetGenerator(out_channels=2, num_downs=num_downs, base_features=8)
     x = jax.random.uniform(jax.random.key(1), (2, height, width, 1), minval=-1.0, maxval=1.0)
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = init_once(model, jax.random.key(0), x, train=False)
     out = model.apply(variables, x, train=False)
     assert out.shape == (2, height, width, 2) and out.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(out))) <= 1.0
@@ -78,7 +79,7 @@ def test_unet_bfloat16_compute_returns_float32():
 def _run_twice(model, train: bool):
     """Outputs of the same model and input under two different dropout keys."""
     x = jax.random.normal(jax.random.key(1), (2, 64, 64, 1))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = init_once(model, jax.random.key(0), x, train=False)
     outs = []
     for seed in (1, 2):
         out = model.apply(
@@ -103,7 +104,7 @@ def test_dropout_off_in_eval_mode():
     # Without dropout rngs at all, eval must still run.
     model = UNetGenerator(out_channels=2, num_downs=6, base_features=8)
     x = jnp.zeros((1, 64, 64, 1))
-    model.apply(model.init(jax.random.key(0), x, train=False), x, train=False)
+    model.apply(init_once(model, jax.random.key(0), x, train=False), x, train=False)
 
 
 def test_dropout_at_inference():
@@ -140,7 +141,7 @@ def test_unet_rejects_too_few_downs():
 def test_init_matches_pix2pix():
     model = UNetGenerator(out_channels=2, num_downs=5, base_features=32)
     x = jnp.zeros((1, 32, 32, 1))
-    params = model.init(jax.random.key(0), x, train=False)["params"]
+    params = init_once(model, jax.random.key(0), x, train=False)["params"]
     kernels = [v["kernel"] for k, v in params.items() if k.startswith(("Conv_", "ConvTranspose_"))]
     assert len(kernels) == 10
     for kernel in kernels:
@@ -156,8 +157,8 @@ def test_init_matches_pix2pix():
 
 def test_patchgan_init():
     model = PatchGANDiscriminator()
-    params = model.init(
-        jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 32, 32, 2)), train=False
+    params = init_once(
+        model, jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 32, 32, 2)), train=False
     )["params"]
     for name in ("Conv_1", "Conv_2", "Conv_3"):
         assert abs(float(jnp.std(params[name]["kernel"])) - 0.02) < 0.002

@@ -64,15 +64,13 @@ def _adam_count(opt_state) -> int:
     return int(opt_state[0].count)
 
 
-@pytest.mark.slow  # compiles the ratio program (shared by the next two): not in the fast subset
-def test_update_ratio_keys_change_update_counts():
-    state, _ = run_steps(ratio_config(), fixed_batch(), 2)
-    assert _adam_count(state.d.opt_state) == 6
-    assert _adam_count(state.g.opt_state) == 4
-    assert int(state.step) == 2
+# The tests of the ratio program run on one xdist worker, so that it compiles once (the second
+# reads it from the session's compilation cache); both workers compiled it at the same time.
+RATIO_PROGRAM = pytest.mark.xdist_group("ratio_program")
 
 
 @pytest.mark.slow  # the ratio program and the tiny LAB GAN: not in the fast subset
+@RATIO_PROGRAM
 def test_update_ratio_is_not_just_bookkeeping():
     """After one step, D differs from D trained with one update per step (the first step's
     learning rate is the same, and D's updates all come before G's in a step)."""
@@ -93,8 +91,10 @@ def test_schedule_constant_then_linear_decay():
 
 
 @pytest.mark.slow  # the ratio program: not in the fast subset
-def test_schedule_is_per_train_step_with_several_updates():
+@RATIO_PROGRAM
+def test_update_ratio_keys_set_update_counts_and_the_schedule_is_per_step():
     state, history = run_steps(ratio_config(), fixed_batch(), 3)
+    assert int(state.step) == 3
     # Step index 2 of 4 with decay from step 2: lr 2e-4 * (1 - 0/2); step 3 would be half.
     assert [h["g_lr"] for h in history] == pytest.approx([2e-4, 2e-4, 2e-4])
     assert [h["d_lr"] for h in history] == pytest.approx([2e-4, 2e-4, 2e-4])
