@@ -182,7 +182,9 @@ SHARED_SETUP = {"lab_run": lambda item: "lab_run" in item.fixturenames,
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Groups of ``SHARED_SETUP``; multi-process tests first (see ``MULTI_PROCESS``). The order is
+    """Groups of ``SHARED_SETUP``; multi-process tests first (see ``MULTI_PROCESS``), then the
+    other ``slow`` ones, so that the many short tests come last and even out the two workers'
+    ends (longest first: a long test dealt last would leave the other worker idle). The order is
     the same in every xdist worker (a stable sort of the same collection), as xdist requires."""
     for item in items:
         for group, member in SHARED_SETUP.items():
@@ -193,7 +195,7 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("xdist_group")
         return marker is not None and MULTI_PROCESS in (*marker.args, *marker.kwargs.values())
 
-    items.sort(key=lambda item: not in_group(item))
+    items.sort(key=lambda item: (not in_group(item), item.get_closest_marker("slow") is None))
 
 
 def pytest_collection_finish(session):
