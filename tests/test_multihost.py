@@ -182,7 +182,7 @@ def test_one_and_two_processes_same_batches_and_elastic_resume(photo_dir, tmp_pa
     # so the losses agree to float32 rounding of differently ordered sums (XLA's in-process
     # all-reduce against Gloo's): measured <= 4e-7 relative, checked at 1e-5. Adam divides by
     # sqrt(v) of near-zero gradients and amplifies these differences step by step (measured up
-    # to 2e-5 relative one step later; <1e-2 after 6 steps in test_train_step's 8-versus-1-device
+    # to 1.6e-4 relative one step later; <1e-2 after 6 steps in an earlier 8-versus-1-device
     # test), so the next step gets 3e-2.
     for tag in LOSSES:
         a, b = _scalars(run, tag), _scalars(single, tag)
