@@ -31,7 +31,7 @@ from jaxcolor.flops import model_flops
 from jaxcolor.inference import generator_apply
 from jaxcolor.models import kernels
 from jaxcolor.train_state import build_gan, fresh_state, param_count
-from jaxcolor.train_step import make_train_step
+from jaxcolor.train_step import make_train_step, step_jit_kwargs
 
 
 def load_config(path: str):
@@ -105,9 +105,7 @@ def prepare(config, impl: str | None = None, transpose: str | None = None
     state = fresh_state(gan, size, 0, rep)
     batch = random_batch(config, mesh)
     compiled, compile_s, flops = _compile(
-        make_train_step(gan, config),
-        {"in_shardings": (rep, sharding.batch_sharded(mesh)), "out_shardings": (rep, rep),
-         "donate_argnums": 0}, (state, batch), impl, transpose)
+        make_train_step(gan, config), step_jit_kwargs(mesh), (state, batch), impl, transpose)
     info = {"g_params": param_count(state.g.params), "d_params": param_count(state.d.params)}
     holder = {"state": state}
 

@@ -57,21 +57,16 @@ def restore_generator(workdir: str, step: Step = None
 
     from jaxcolor import config as config_lib
     from jaxcolor.checkpoints import DamagedCheckpointError, restore_newest
-    from jaxcolor.train_state import build_gan, init_state
+    from jaxcolor.train_state import abstract_state, build_gan
 
     config = config_lib.upgrade(runs.read_config(workdir))
     gan = build_gan(config)
     manager = checkpoint_manager(workdir)
     try:
         chosen = runs.resolve_step(workdir, step, manager.all_steps())
-        abstract = jax.eval_shape(
-            lambda key: init_state(gan, key, config.data.image_size), jax.random.PRNGKey(0))
+        abstract = abstract_state(gan, config.data.image_size,
+                                  jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
         target = {"g": {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}}
-        device = jax.local_devices()[0]
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                           sharding=jax.sharding.SingleDeviceSharding(device)),
-            target)
 
         def restore(at: int) -> dict[str, Any]:
             # Partial restore: only the generator's arrays are read from disk.

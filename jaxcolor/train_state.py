@@ -120,6 +120,15 @@ def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None) -> G
     return init(jax.random.PRNGKey(seed))
 
 
+def abstract_state(gan: GAN, image_size: int, sharding: Any = None) -> GANState:
+    """``init_state``'s shapes and dtypes (``jax.ShapeDtypeStruct`` leaves, with ``sharding``),
+    traced without compiling: the target for restoring a checkpoint. A resumed run then never
+    compiles the init program (seconds on CPU, per process)."""
+    shapes = jax.eval_shape(lambda key: init_state(gan, key, image_size), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+
 def run_once_options() -> dict[str, Any] | None:
     """XLA compiler options for programs that run once per run or per checkpoint (the init, the
     finiteness check before a save): on CPU, no LLVM optimisation, which costs more compile

@@ -17,13 +17,14 @@ statistics, optimiser states) as they were; the step counter still advances.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxcolor import losses
+from jaxcolor import losses, sharding
 from jaxcolor.train_state import GAN, GANState, NetState
 
 Batch = dict[str, jax.Array]
@@ -36,6 +37,24 @@ def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def step_jit_kwargs(mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """``jax.jit`` arguments of the train step over ``mesh``: the state replicated, the batch
+    split along the data axis, the old state's buffers donated to the new one."""
+    rep = sharding.replicated(mesh)
+    return {"in_shardings": (rep, sharding.batch_sharded(mesh)), "out_shardings": (rep, rep),
+            "donate_argnums": 0}
+
+
+def jit_train_step(gan: GAN, config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh | None = None
+                   ) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
+    """The train step as the trainer compiles it, over ``mesh`` (default: every device). The
+    step donates its input state: use the state it returns. Tests and tools that step a model
+    run the trainer's own program (and share its compilation-cache entry)."""
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    return jax.jit(make_train_step(gan, config), **step_jit_kwargs(mesh))
 
 
 def make_train_step(

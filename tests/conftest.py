@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import compile_cache
+from jaxcolor import compile_cache, sharding
 from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import build_gan, init_state, run_once_options
+from jaxcolor.train_state import build_gan, fresh_state, init_state, run_once_options
 
 # One persistent XLA compilation cache per test session, shared by the xdist workers and the
 # command-line subprocesses they start (they inherit the variables): many tests compile the same
@@ -32,6 +32,13 @@ def init_once(model, *args, **kwargs):
     run-once programs (no LLVM optimisation on CPU). Eager ``init`` compiles a random-normal
     program per parameter shape instead, about 2 s each on CPU: most of the model tests' time."""
     return jax.jit(lambda *a: model.init(*a, **kwargs), compiler_options=run_once_options())(*args)
+
+
+def trainer_state(gan, image_size: int, seed: int = 0):
+    """``fresh_state`` placed as the trainer places it (replicated over all devices), for
+    ``train_step.jit_train_step``: an unplaced state has other input types, and the step would
+    compile a second program for it."""
+    return fresh_state(gan, image_size, seed, sharding.replicated(sharding.make_mesh()))
 
 
 def synthetic_photo(seed: int, height: int = 48, width: int = 56) -> np.ndarray:

@@ -30,7 +30,7 @@ maths, not the rounding: ``tests/test_train_step.py`` shows that a per-device gr
 per-device BatchNorm statistics put the gradients and statistics off by 0.17 to 4 (measured), far
 above it.
 
-``python tests/equivalence.py lab_gan:per_device_gradient,per_device_batchnorm pix2pix_lab``
+``python tests/equivalence.py lab_gan:bugs pix2pix_lab``
 (with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) prints one JSON line per experiment
 with the errors of the 8-device step, and of each injected sharding bug, against the 1-device
 step.
@@ -140,14 +140,18 @@ def _experiment(name: str):
     return config, gan, jax.device_get(fresh_state(gan, 32, 0))
 
 
-def _one_step(experiment, devices, bug: str | None = None) -> dict[str, Any]:
-    """One train step of ``experiment`` (from ``_experiment``) on the fixed 8-image batch over
-    ``devices``.
+BUGS = ("per_device_gradient", "per_device_batchnorm")
 
-    ``bug`` injects a real data-parallel mistake (tests of the test): "per_device_gradient"
-    runs the step on each device's slice with no collective (the result is device 0's);
+
+def _one_step(experiment, devices, bugs: bool = False) -> dict[str, Any]:
+    """One train step of ``experiment`` (from ``_experiment``) on the fixed 8-image batch over
+    ``devices``: its ``step_quantities``, or with ``bugs`` those of each injected bug in ``BUGS``.
+
+    The bugs are real data-parallel mistakes (tests of the test): "per_device_gradient" runs
+    the step on each device's slice with no collective (the result is device 0's);
     "per_device_batchnorm" does the same but averages gradients, losses and statistics over
-    devices afterwards, as a ``pmap`` trainer whose BatchNorm lacks ``axis_name`` would.
+    devices afterwards, as a ``pmap`` trainer whose BatchNorm lacks ``axis_name`` would. Both
+    come from one program (the second is the mean of the first over devices): one compile.
     """
     from test_train_step import fixed_batch
 
@@ -159,38 +163,42 @@ def _one_step(experiment, devices, bug: str | None = None) -> dict[str, Any]:
     rep = sharding.replicated(mesh)
     state = jax.device_put(initial, rep)
     train_step = real_step = make_train_step(gan, config)
-    if bug is not None:
+    if bugs:
         from jax.sharding import PartitionSpec as P
 
         def local(state, batch):
-            new, metrics = real_step(state, batch)
-            if bug == "per_device_batchnorm":
-                new, metrics = jax.lax.pmean((new, metrics), sharding.DATA_AXIS)
-            return new, metrics
+            per_device = real_step(state, batch)
+            return per_device, jax.lax.pmean(per_device, sharding.DATA_AXIS)
 
         train_step = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS)),
-                                   out_specs=(P(), P()), check_vma=False)
+                                   out_specs=P(), check_vma=False)
     step = jax.jit(train_step, in_shardings=(rep, sharding.batch_sharded(mesh)),
-                   out_shardings=(rep, rep))
+                   out_shardings=rep)
     # float32, as the trainer's batches (NumPy would make them float64 under jax_enable_x64)
     host = {k: np.asarray(v, np.float32) for k, v in fixed_batch(8).items()}
     batch = sharding.to_global(host, mesh)
     assert len(batch["lab"].sharding.device_set) == len(devices)
-    return step_quantities(*step(state, batch))
+    out = step(state, batch)
+    if bugs:
+        return {bug: step_quantities(*result) for bug, result in zip(BUGS, out, strict=True)}
+    return step_quantities(*out)
 
 
 def main(args: list[str]) -> None:
-    """``args``: ``NAME`` or ``NAME:BUG,BUG`` (the bugs to inject for that experiment)."""
+    """``args``: ``NAME``, or ``NAME:bugs`` to also inject each of ``BUGS`` for that
+    experiment."""
     assert jax.device_count() == 8, jax.devices()
     jax.config.update("jax_enable_x64", True)
     for arg in args:
         name, _, bugs = arg.partition(":")
+        assert bugs in ("", "bugs"), f"{arg}: expected NAME or NAME:bugs"
         experiment = _experiment(name)
         one = _one_step(experiment, jax.devices()[:1])
         report = {"experiment": name,
                   "eight_devices": relative_errors(one, _one_step(experiment, jax.devices()))}
-        for bug in filter(None, bugs.split(",")):
-            report[bug] = relative_errors(one, _one_step(experiment, jax.devices(), bug))
+        if bugs:
+            for bug, other in _one_step(experiment, jax.devices(), bugs=True).items():
+                report[bug] = relative_errors(one, other)
         print(json.dumps(report), flush=True)
 
 

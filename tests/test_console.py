@@ -34,12 +34,13 @@ def test_every_command_is_declared():
 @pytest.mark.parametrize("name", sorted(FLAGS))
 def test_help_lists_the_flags(name, tmp_path):
     module, function = SCRIPTS[name].split(":")
-    # What the installed launcher does: argv[0] is the command, then the entry point runs.
-    launcher = (f"import sys; sys.argv = [{name!r}, '--help']; "
-                f"from {module} import {function}; {function}()")
-    commands = [[sys.executable, "-c", launcher], [sys.executable, "-m", module, "--help"]]
-    if shutil.which(name):  # installed with this checkout's pyproject
+    commands = [[sys.executable, "-m", module, "--help"]]
+    if shutil.which(name):  # installed with this checkout's pyproject (as CI does)
         commands.append([name, "--help"])
+    else:  # what the installed launcher does: argv[0] is the command, then the entry point runs
+        launcher = (f"import sys; sys.argv = [{name!r}, '--help']; "
+                    f"from {module} import {function}; {function}()")
+        commands.append([sys.executable, "-c", launcher])
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
                                 timeout=120)

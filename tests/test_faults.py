@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, synthetic_photo, tiny_config, write_photos
+from conftest import REPO, synthetic_photo, tiny_config, trainer_state, write_photos
 
 from jaxcolor import data
 from jaxcolor.checkpoints import (
@@ -33,13 +33,13 @@ def _batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow  # its own train-step program: not in the fast subset
 def test_skip_step_keeps_networks_and_advances_the_step():
-    from jaxcolor.train_state import build_gan, fresh_state
-    from jaxcolor.train_step import make_train_step
+    from jaxcolor.train_state import build_gan
+    from jaxcolor.train_step import jit_train_step
 
     config = tiny_config("lab_gan", None, nonfinite="skip_step")
     gan = build_gan(config)
-    state = fresh_state(gan, 32, 0)
-    step = jax.jit(make_train_step(gan, config))
+    state = trainer_state(gan, 32)
+    step = jit_train_step(gan, config)
     good = _batch()
     bad = {k: v.copy() for k, v in good.items()}
     bad["lab"][0, 0, 0, 0] = np.nan  # one NaN pixel poisons every loss and gradient

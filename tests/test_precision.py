@@ -13,11 +13,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, trainer_state
 from test_train_step import LAB_GAN_STEPS, fixed_batch
 
-from jaxcolor.train_state import build_gan, fresh_state
-from jaxcolor.train_step import make_train_step
+from jaxcolor.train_state import build_gan
+from jaxcolor.train_step import jit_train_step
 
 FIRST_STEP_RTOL = 2e-2
 LOSSES = ("d_loss", "g_adv", "g_recon", "d_real", "d_fake", "g_loss")
@@ -26,8 +26,8 @@ LOSSES = ("d_loss", "g_adv", "g_recon", "d_real", "d_fake", "g_loss")
 def _run(name: str, compute_dtype: str, num_steps: int):
     config = tiny_config(name, None, compute_dtype=compute_dtype, num_steps=num_steps)
     gan = build_gan(config)
-    state = fresh_state(gan, config.data.image_size, 0)
-    step = jax.jit(make_train_step(gan, config))
+    state = trainer_state(gan, config.data.image_size)
+    step = jit_train_step(gan, config)
     batch, history = fixed_batch(4), []
     for _ in range(num_steps):
         state, metrics = step(state, batch)
