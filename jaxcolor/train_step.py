@@ -51,8 +51,10 @@ def jit_train_step(gan: GAN, config: ml_collections.ConfigDict,
                    mesh: jax.sharding.Mesh | None = None
                    ) -> Callable[[GANState, Batch], tuple[GANState, Metrics]]:
     """The train step as the trainer compiles it, over ``mesh`` (default: every device). The
-    step donates its input state: use the state it returns. Tests and tools that step a model
-    run the trainer's own program (and share its compilation-cache entry)."""
+    step donates its input state: use the state it returns. Place the first state with
+    ``sharding.replicated(mesh)`` (``fresh_state``'s ``sharding``), as the trainer does: a state
+    on one device has other input types and compiles a second program. Tests and tools that
+    step a model run the trainer's own program (and share its compilation-cache entry)."""
     mesh = sharding.make_mesh() if mesh is None else mesh
     return jax.jit(make_train_step(gan, config), **step_jit_kwargs(mesh))
 
