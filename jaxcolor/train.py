@@ -44,7 +44,7 @@ from jaxcolor import config as config_lib
 from jaxcolor import data, metrics, runs, sharding
 from jaxcolor.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
 from jaxcolor.summary import Summary
-from jaxcolor.train_state import GAN, GANState, abstract_state, build_gan, fresh_state, param_count
+from jaxcolor.train_state import GAN, GANState, build_gan, fresh_state, param_count
 from jaxcolor.train_step import jit_train_step
 
 log = logging.getLogger(__name__)
@@ -225,10 +225,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         runs.write_config(workdir, config)
 
     replicated = sharding.replicated(mesh)
-    shapes = abstract_state(gan, cfg_d.image_size, replicated)
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
     summary.message(
-        f"{config.experiment}: G {config.model.generator} {param_count(shapes.g.params):,} params"
-        f" | D {config.model.discriminator} {param_count(shapes.d.params):,} params"
+        f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
+        f" | D {config.model.discriminator} {param_count(state.d.params):,} params"
         f" | {jax.device_count()} device(s) ({jax.devices()[0].platform}),"
         f" {jax.process_count()} process(es) | global batch {cfg_t.batch_size}"
     )
@@ -256,11 +256,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
     # Damaged checkpoints are reported and moved aside; the data position is set only by the
     # checkpoint that restores, so when all are damaged the run starts from the first batch.
-    # Fresh weights only where nothing restores: resuming compiles no init program.
-    state = checkpointer.restore_latest(shapes, batches)
-    if state is None:
-        state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
-    else:
+    # The fresh state is made even when a checkpoint will replace it. Restoring into abstract
+    # shapes before the init program had run would save its compile, but then a damaged
+    # checkpoint's abandoned reads printed about 10,000 lines of "Event loop is closed"
+    # tracebacks from TensorStore's threads; with the init run first, none (measured with
+    # Orbax 0.12.8; cause not found).
+    restored = checkpointer.restore_latest(state, batches)
+    if restored is not None:
+        state = restored
         summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory}), "
                         f"data position {batches.resumed_records} records")
 

@@ -122,8 +122,9 @@ def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None) -> G
 
 def abstract_state(gan: GAN, image_size: int, sharding: Any = None) -> GANState:
     """``init_state``'s shapes and dtypes (``jax.ShapeDtypeStruct`` leaves, with ``sharding``),
-    traced without compiling: the target for restoring a checkpoint. A resumed run then never
-    compiles the init program (seconds on CPU, per process)."""
+    traced without compiling: the restore target of the readers of a run (colorize, evaluate,
+    export, the server), which need no initial weights. The trainer restores into its fresh
+    state instead (see ``train.train``)."""
     shapes = jax.eval_shape(lambda key: init_state(gan, key, image_size), jax.random.PRNGKey(0))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         shapes)
