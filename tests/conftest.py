@@ -12,7 +12,7 @@ import pytest
 
 from jaxcolor import compile_cache, sharding
 from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import build_gan, fresh_state, init_state, run_once_options
+from jaxcolor.train_state import abstract_state, build_gan, fresh_state, run_once_options
 
 # One persistent XLA compilation cache per test session, shared by the xdist workers and the
 # command-line subprocesses they start (they inherit the variables): many tests compile the same
@@ -144,8 +144,7 @@ def tiny_run(factory, experiment: str, trained: bool, **overrides) -> str:
         # Random weights drawn on the host: compiling the U-Net's init costs ~15 s on CPU.
         gan = build_gan(config)
         rng = np.random.default_rng(1)
-        abstract = jax.eval_shape(
-            lambda k: init_state(gan, k, config.data.image_size), jax.random.PRNGKey(1))
+        abstract = abstract_state(gan, config.data.image_size)
 
         def fill(path, leaf):
             name = jax.tree_util.keystr(path)

@@ -69,11 +69,9 @@ def _restore_all(directory: str, like) -> dict[int, object]:
 
 
 def _abstract_state(config):
-    from jaxcolor.train_state import build_gan, init_state
+    from jaxcolor.train_state import abstract_state, build_gan
 
-    gan = build_gan(config)
-    return jax.eval_shape(lambda k: init_state(gan, k, config.data.image_size),
-                          jax.random.PRNGKey(0))
+    return abstract_state(build_gan(config), config.data.image_size)
 
 
 def _finite(tree) -> bool:

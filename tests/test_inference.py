@@ -15,7 +15,7 @@ from conftest import synthetic_photo, tiny_run
 
 from jaxcolor import colour, data, inference, predictor, runs
 from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import build_gan, init_state
+from jaxcolor.train_state import abstract_state, build_gan
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_load_run_restores_the_trained_generator(lab_run):
     assert step == 3 and config.data.task == "lab" and set(variables) == {"params",
                                                                          "batch_stats"}
     gan = build_gan(config)
-    abstract = jax.eval_shape(lambda k: init_state(gan, k, 32), jax.random.PRNGKey(0))
+    abstract = abstract_state(gan, 32)
     checkpointer = Checkpointer(runs.checkpoint_dir(lab_run), every=100, keep=3)
     full = checkpointer.restore(abstract, None)  # the trainer's path, state item only
     checkpointer.close()

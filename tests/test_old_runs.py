@@ -15,7 +15,7 @@ import jaxcolor
 from jaxcolor import config as config_lib
 from jaxcolor import evaluate, export, inference, runs
 from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import build_gan, init_state
+from jaxcolor.train_state import abstract_state, build_gan
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "wave1_pix2pix_lab")
 
@@ -66,7 +66,7 @@ def test_old_run_resumes_training(old_run):
     # The generator continued from the old weights: one Adam step moves each weight by at
     # most about the learning rate (2e-4), far less than a fresh initialisation would.
     gan = build_gan(config)
-    abstract = jax.eval_shape(lambda k: init_state(gan, k, 32), jax.random.PRNGKey(0))
+    abstract = abstract_state(gan, 32)
     checkpointer = Checkpointer(runs.checkpoint_dir(run), every=100, keep=3)
     resumed = checkpointer.restore(abstract, None, step=3)
     checkpointer.close()
