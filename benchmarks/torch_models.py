@@ -1,7 +1,8 @@
 """The jaxcolor networks, losses and train step in PyTorch, for the side-by-side benchmark only.
 
 Layer for layer the same as ``jaxcolor/models`` (same parameter counts, checked by the runner),
-the same losses (``jaxcolor/losses.py``) and the same update order (``jaxcolor/train_step.py``):
+the same losses (``jaxcolor/training/losses.py``) and the same update order
+(``jaxcolor/training/step.py``):
 G forward; one D update on the detached fakes (fake pass, then real pass); one G update against
 the updated D, whose weights do not require gradients then (as in the pix2pix reference).
 Kernels are stored in PyTorch's own layout; the maths and the multiply counts are identical.
@@ -143,7 +144,7 @@ def param_count(module: nn.Module) -> int:
 
 
 def label_targets(shape, hard: float, soft: bool, smoothing: float) -> torch.Tensor:
-    """jaxcolor.losses.label_targets."""
+    """jaxcolor.training.losses.label_targets."""
     if soft:
         low = 0.9 if hard == 1.0 else 0.0
         return low + 0.1 * torch.rand(shape)

@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jaxcolor.predictor import Model
+    from jaxcolor.inference.predictor import Model
 
 __all__ = ["load"]
 
 
 def load(path: Any, step: int | str | None = None, *, batch_size: int = 8) -> Model:
     """A colorizer from a run folder or an exported model folder; see ``inference.load``."""
-    from jaxcolor.inference import load as _load
+    from jaxcolor.inference.loading import load as _load
 
     return _load(path, step, batch_size=batch_size)

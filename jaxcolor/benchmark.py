@@ -4,7 +4,8 @@ Times the jitted train step (compile, then ``--steps`` steps on a fixed device b
 ``--warmup`` steps) on all local devices and prints images/s. Before that last line it prints
 G inference images/s, XLA's memory analysis of the compiled step, and achieved GFLOP/s against
 the machine's measured peak (``--peak``). FLOPs are the convolutions' and matrix products' of
-the native formulation (``jaxcolor.flops``: the model's arithmetic, the same on every backend).
+the native formulation (``jaxcolor.models.flops``: the model's arithmetic, the same on every
+backend).
 Data loading is not included; the trainer logs the fraction of time it waits for data
 (``perf/data_wait_fraction``).
 
@@ -27,11 +28,11 @@ import numpy as np
 
 from jaxcolor import config as config_lib
 from jaxcolor import sharding
-from jaxcolor.flops import model_flops
-from jaxcolor.inference import generator_apply
+from jaxcolor.inference.loading import generator_apply
 from jaxcolor.models import kernels
-from jaxcolor.train_state import build_gan, fresh_state, param_count
-from jaxcolor.train_step import make_train_step, step_jit_kwargs
+from jaxcolor.models.flops import model_flops
+from jaxcolor.training.state import build_gan, fresh_state, param_count
+from jaxcolor.training.step import make_train_step, step_jit_kwargs
 
 
 def load_config(path: str):
@@ -67,7 +68,7 @@ def _compile(fn: Callable, jit_kwargs: dict, args, impl: str | None,
              transpose: str | None = None):
     """(``jax.jit(fn, **jit_kwargs)`` compiled in the formulations ``impl`` and ``transpose``
     (None: the backend's choice), seconds to compile, a function giving the model's FLOPs:
-    ``jaxcolor.flops`` of the native formulation, the same count on every backend)."""
+    ``jaxcolor.models.flops`` of the native formulation, the same count on every backend)."""
     impl, transpose = impl or kernels.conv_impl(), transpose or kernels.transpose_impl()
     with kernels.use_impls(impl, transpose):
         start = time.perf_counter()

@@ -11,7 +11,7 @@ for 16-bit inputs, keeping the path below a folder input. Colour inputs are redu
 lightness first. Transparent pixels are composited on white and the output has no alpha.
 ``--render_size N``: the network sees each photo with its short side N (default: the training
 size), aspect ratio kept; the chroma is upsampled to the photo's full size
-(``jaxcolor.predictor``).
+(``jaxcolor.inference.predictor``).
 
 Videos keep their container, frame size and frame rate (codec mp4v, or MJPG for .avi; if the
 container cannot be written, an .avi is written instead). Audio is not copied: OpenCV does not
@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from jaxcolor import data, runs
-from jaxcolor.predictor import Model, from_float
-from jaxcolor.summary import format_duration
+from jaxcolor.inference.predictor import Model, from_float
+from jaxcolor.training.summary import format_duration
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 # Codecs this OpenCV build (FFmpeg backend) writes and reads back everywhere we need.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import ml_collections
 
 from jaxcolor import models
-from jaxcolor.losses import ADVERSARIAL, RECONSTRUCTION
 from jaxcolor.tasks import TASKS
-from jaxcolor.train_state import COMPUTE_DTYPES
-from jaxcolor.train_step import NONFINITE_MODES
+from jaxcolor.training.losses import ADVERSARIAL, RECONSTRUCTION
+from jaxcolor.training.state import COMPUTE_DTYPES
+from jaxcolor.training.step import NONFINITE_MODES
 
 MAX_NUM_DOWNS = 8  # U-Net-256, the deepest the reference builds by default
 

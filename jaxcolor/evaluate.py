@@ -12,10 +12,10 @@ sources are skipped when the run skipped them. The prediction measured is what t
 validation measures and what ``colorize`` delivers at that size: ``predictor.Model.
 predict_square``, the image's own L with the predicted ab (for RGB-output models too), so
 every model and the gray baseline (the same L with ab = 0) differ only in their chroma. Metrics
-per image (``jaxcolor.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150), pixel accuracy,
-colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
+per image (``jaxcolor.evaluation.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150),
+pixel accuracy, colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
 
-Report files (``jaxcolor.reports``): ``<run>/eval/<split>-<step>.json`` and ``.csv``
+Report files (``jaxcolor.evaluation.reports``): ``<run>/eval/<split>-<step>.json`` and ``.csv``
 (``images-<step>`` for ``--images``) and a printed markdown table whose ``n`` column counts the
 images scored. ``--compare`` evaluates every run on the first run's file list (each at its own
 resolution), reports over the images all runs used, and writes a side-by-side table, a plot of
@@ -35,8 +35,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxcolor import colour, data, metrics, reports, runs
-from jaxcolor.reports import GRAY, GRAY_LABEL, MODEL, THRESHOLDS
+from jaxcolor import colour, data, runs
+from jaxcolor.evaluation import metrics, reports
+from jaxcolor.evaluation.reports import GRAY, GRAY_LABEL, MODEL, THRESHOLDS
 from jaxcolor.runs import Step
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def evaluate_run(
       ``acc_curve``, ``files``, ``skipped``, run facts; and, not in the JSON file,
       ``per_image`` and ``curves`` (NumPy arrays per image) and ``samples``.
     """
-    from jaxcolor.inference import load_run
+    from jaxcolor.inference.loading import load_run
 
     config = runs.read_config(workdir)
     model = load_run(workdir, step, batch_size or config.train.batch_size)
@@ -252,7 +253,7 @@ def compare_runs(
     comparison covers the images every run used. Returns {"table", "runs" (per-run summaries over
     the common images), "outputs", ...}.
     """
-    from jaxcolor.predictor import resize
+    from jaxcolor.inference.predictor import resize
 
     if not workdirs:
         raise ValueError("--compare needs at least one run directory")

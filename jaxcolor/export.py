@@ -1,4 +1,4 @@
-"""Export a trained generator as a self-contained model folder (see ``jaxcolor.artifact``).
+"""Export a trained generator as a self-contained model folder (see ``jaxcolor.artifacts.format``).
 
 python -m jaxcolor.export --workdir runs/lab_gan [--step best|latest|N] --out models/lab_gan
     [--platforms cpu,cuda] [--format jax|onnx]
@@ -7,7 +7,7 @@ The default step is the best checkpoint when the run recorded one, else the late
 generator is serialised with ``jax.export`` for the given platforms, with symbolic batch,
 height and width (height and width as multiples of what the generator needs), so one file serves
 every image size. ``jaxcolor.load(OUT)`` runs it without the run's config, Orbax or flax.
-``--format onnx`` also writes ``generator.onnx`` (``jaxcolor.onnx_export``, jax2onnx), checked
+``--format onnx`` also writes ``generator.onnx`` (``jaxcolor.artifacts.onnx``, jax2onnx), checked
 against JAX with onnxruntime when it is installed.
 """
 
@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcolor import artifact, colour, runs
+from jaxcolor import colour, runs
+from jaxcolor.artifacts import format as artifact
 from jaxcolor.runs import Step
 from jaxcolor.tasks import LUMA_WEIGHTS, get_task
 
@@ -30,7 +31,7 @@ PLATFORMS = ("cpu", "cuda")
 
 
 def _processing(task_name: str, image_size: int, multiple: int) -> dict[str, Any]:
-    """What another runtime must do around the network (the rules ``jaxcolor.predictor``
+    """What another runtime must do around the network (the rules ``jaxcolor.inference.predictor``
     follows), in words and numbers."""
     pre = {
         "input": "sRGB in [0, 1], channels last (N, H, W, C); H and W multiples of "
@@ -67,8 +68,8 @@ def export_run(workdir: str, out_dir: str, step: Step = "default",
     from jax import export
 
     from jaxcolor import config as config_lib
-    from jaxcolor.inference import generator_apply, restore_generator, run_metadata
-    from jaxcolor.train_state import build_gan
+    from jaxcolor.inference.loading import generator_apply, restore_generator, run_metadata
+    from jaxcolor.training.state import build_gan
 
     if step == "default":
         step = runs.default_step(workdir)
@@ -106,7 +107,7 @@ def export_run(workdir: str, out_dir: str, step: Step = "default",
         "files": {"program": artifact.PROGRAM_FILE, "weights": artifact.WEIGHTS_FILE},
     }
     if "onnx" in formats:
-        from jaxcolor import onnx_export
+        from jaxcolor.artifacts import onnx as onnx_export
 
         metadata["onnx"] = onnx_export.to_onnx(
             apply, variables, task.cond_channels, config.data.image_size,

@@ -41,11 +41,12 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import config as config_lib
-from jaxcolor import data, metrics, runs, sharding
-from jaxcolor.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
-from jaxcolor.summary import Summary
-from jaxcolor.train_state import GAN, GANState, build_gan, fresh_state, param_count
-from jaxcolor.train_step import jit_train_step
+from jaxcolor import data, runs, sharding
+from jaxcolor.evaluation import metrics
+from jaxcolor.training.checkpoints import Checkpointer, DiskFullError, NonFiniteStateError
+from jaxcolor.training.state import GAN, GANState, build_gan, fresh_state, param_count
+from jaxcolor.training.step import jit_train_step
+from jaxcolor.training.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class Validator:
     def __init__(self, gan: GAN, config: ml_collections.ConfigDict, files: list[str], mesh,
                  workdir: str | None = None):
         from jaxcolor import evaluate
-        from jaxcolor.inference import generator_apply
-        from jaxcolor.predictor import Predictor
+        from jaxcolor.inference.loading import generator_apply
+        from jaxcolor.inference.predictor import Predictor
 
         self.gan, self.workdir = gan, workdir
         self.skipped: list[str] = []

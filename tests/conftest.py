@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jaxcolor import compile_cache, sharding
-from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import abstract_state, build_gan, fresh_state, run_once_options
+from jaxcolor.training.checkpoints import Checkpointer
+from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_once_options
 
 # One persistent XLA compilation cache per test session, shared by the xdist workers and the
 # command-line subprocesses they start (they inherit the variables): many tests compile the same

@@ -127,7 +127,7 @@ def _experiment(name: str):
     from conftest import tiny_config
 
     from jaxcolor import models
-    from jaxcolor.train_state import build_gan, fresh_state
+    from jaxcolor.training.state import build_gan, fresh_state
 
     assert jax.config.jax_enable_x64, "the device check computes in float64"
     config = tiny_config(name, None)  # the tests' widths: float64 needs no wider networks
@@ -156,7 +156,7 @@ def _one_step(experiment, devices, bugs: bool = False) -> dict[str, Any]:
     from test_train_step import fixed_batch
 
     from jaxcolor import sharding
-    from jaxcolor.train_step import make_train_step
+    from jaxcolor.training.step import make_train_step
 
     config, gan, initial = experiment
     mesh = sharding.make_mesh(devices)

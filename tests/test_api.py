@@ -12,7 +12,8 @@ from conftest import synthetic_photo, tiny_run
 from PIL import Image
 
 import jaxcolor
-from jaxcolor import colour, data, predictor
+from jaxcolor import colour, data
+from jaxcolor.inference import predictor
 
 
 @pytest.fixture(scope="module")

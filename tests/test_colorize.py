@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_photo
 
-from jaxcolor import colorize, colour, data, inference
+from jaxcolor import colorize, colour, data
+from jaxcolor.inference import loading as inference
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from conftest import load_experiment
 
 from jaxcolor import config as config_lib
-from jaxcolor.train_state import build_gan
+from jaxcolor.training.state import build_gan
 
 
 @pytest.mark.parametrize(("size", "depth"), [(32, 5), (64, 6), (256, 8), (512, 8)])

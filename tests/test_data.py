@@ -651,7 +651,7 @@ def test_train_dataset_position_from_a_record_count(tmp_path):
     files = write_photos(str(tmp_path), 8)
     kwargs = dict(image_size=S, batch_size=4, seed=1, augment=False)
     straight, _ = _global_batches(files, 1, 3, **kwargs)
-    state = {"format": data.pipeline.POSITION_FORMAT, "records_consumed": 5}
+    state = {"format": data.batches.POSITION_FORMAT, "records_consumed": 5}
     resumed, after = _global_batches(files, 2, 1, state=state, **kwargs)
     _assert_batches_equal(resumed, straight[2:])
     assert after["records_consumed"] == 12 and after["batches"] == 3

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_photo, tiny_run, write_photos
 
-from jaxcolor import data, evaluate, metrics, reports, runs
+from jaxcolor import data, evaluate, runs
+from jaxcolor.evaluation import metrics, reports
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, synthetic_photo, tiny_run
 
 import jaxcolor
-from jaxcolor import artifact, export, runs
+from jaxcolor import export, runs
+from jaxcolor.artifacts import format as artifact
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, synthetic_photo, tiny_config, trainer_state, write_photos
 
 from jaxcolor import data
-from jaxcolor.checkpoints import (
+from jaxcolor.training.checkpoints import (
     Checkpointer,
     CheckpointMismatchError,
     DamagedCheckpointError,
@@ -33,8 +33,8 @@ def _batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow  # its own train-step program: not in the fast subset
 def test_skip_step_keeps_networks_and_advances_the_step():
-    from jaxcolor.train_state import build_gan
-    from jaxcolor.train_step import jit_train_step
+    from jaxcolor.training.state import build_gan
+    from jaxcolor.training.step import jit_train_step
 
     config = tiny_config("lab_gan", None, nonfinite="skip_step")
     gan = build_gan(config)
@@ -69,7 +69,7 @@ def _restore_all(directory: str, like) -> dict[int, object]:
 
 
 def _abstract_state(config):
-    from jaxcolor.train_state import abstract_state, build_gan
+    from jaxcolor.training.state import abstract_state, build_gan
 
     return abstract_state(build_gan(config), config.data.image_size)
 
@@ -432,7 +432,7 @@ def test_readers_fall_back_past_a_damaged_checkpoint_or_name_it(lab_run, tmp_pat
     import shutil
 
     import jaxcolor
-    from jaxcolor.checkpoints import DamagedCheckpointError
+    from jaxcolor.training.checkpoints import DamagedCheckpointError
 
     workdir = str(tmp_path / "run")
     shutil.copytree(lab_run, workdir)

@@ -1,5 +1,6 @@
-"""``jaxcolor.flops.model_flops`` counts what XLA's CPU cost analysis counts for convolutions and
-matrix products, forward and backward, including strided, padded, dilated and transposed ones."""
+"""``jaxcolor.models.flops.model_flops`` counts what XLA's CPU cost analysis counts for
+convolutions and matrix products, forward and backward, including strided, padded, dilated and
+transposed ones."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxcolor.flops import model_flops
 from jaxcolor.models import kernels, layers
+from jaxcolor.models.flops import model_flops
 
 _DN = ("NHWC", "HWIO", "NHWC")
 

@@ -1,5 +1,5 @@
-"""The inference core (``jaxcolor.predictor``) and run loading: generator-only restore, step
-selection, batch independence, any-size recombination keeping L, buckets, pixel-strip
+"""The inference core (``jaxcolor.inference.predictor``) and run loading: generator-only restore,
+step selection, batch independence, any-size recombination keeping L, buckets, pixel-strip
 recombination, gamut fitting and temporal smoothing."""
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_photo, tiny_run
 
-from jaxcolor import colour, data, inference, predictor, runs
-from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import abstract_state, build_gan
+from jaxcolor import colour, data, runs
+from jaxcolor.inference import loading as inference
+from jaxcolor.inference import predictor
+from jaxcolor.training.checkpoints import Checkpointer
+from jaxcolor.training.state import abstract_state, build_gan
 
 
 @pytest.fixture(scope="module")

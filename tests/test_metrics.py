@@ -1,4 +1,5 @@
-"""Tests for jaxcolor.metrics: known values derived by hand, not by calling the same code."""
+"""Tests for jaxcolor.evaluation.metrics: known values derived by hand, not by calling the same
+code."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from jaxcolor import colour, metrics
+from jaxcolor import colour
+from jaxcolor.evaluation import metrics
 
 
 def _random_rgb(rng: np.random.Generator, shape=(2, 16, 16, 3)) -> np.ndarray:

@@ -27,7 +27,7 @@ from conftest import MULTI_PROCESS, REPO, load_experiment, write_photos
 from test_train_loop import TINY_FLAGS, _scalars
 
 from jaxcolor import data
-from jaxcolor.checkpoints import Checkpointer
+from jaxcolor.training.checkpoints import Checkpointer
 
 LOSSES = ("train/d_loss", "train/g_adv", "train/g_recon", "train/d_real", "train/d_fake")
 

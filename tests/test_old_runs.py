@@ -13,9 +13,10 @@ from conftest import REPO, synthetic_photo, write_photos
 
 import jaxcolor
 from jaxcolor import config as config_lib
-from jaxcolor import evaluate, export, inference, runs
-from jaxcolor.checkpoints import Checkpointer
-from jaxcolor.train_state import abstract_state, build_gan
+from jaxcolor import evaluate, export, runs
+from jaxcolor.inference import loading as inference
+from jaxcolor.training.checkpoints import Checkpointer
+from jaxcolor.training.state import abstract_state, build_gan
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "wave1_pix2pix_lab")
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import tiny_config, trainer_state
 from test_train_step import LAB_GAN_STEPS, fixed_batch
 
-from jaxcolor.train_state import build_gan
-from jaxcolor.train_step import jit_train_step
+from jaxcolor.training.state import build_gan
+from jaxcolor.training.step import jit_train_step
 
 FIRST_STEP_RTOL = 2e-2
 LOSSES = ("d_loss", "g_adv", "g_recon", "d_real", "d_fake", "g_loss")

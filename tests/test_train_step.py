@@ -15,8 +15,8 @@ import pytest
 from conftest import REPO, synthetic_photo, tiny_config, trainer_state
 
 from jaxcolor import data
-from jaxcolor.train_state import build_gan, lr_schedule
-from jaxcolor.train_step import jit_train_step
+from jaxcolor.training.state import build_gan, lr_schedule
+from jaxcolor.training.step import jit_train_step
 
 
 def fixed_batch(n: int = 4, size: int = 32) -> dict[str, np.ndarray]:
@@ -125,7 +125,7 @@ def test_optimisers_read_the_schedule_per_train_step():
 
 
 def test_soft_labels_and_flip_change_discriminator_targets():
-    from jaxcolor.losses import label_targets
+    from jaxcolor.training.losses import label_targets
 
     cfg = tiny_config("lab_gan", None).loss
     t1 = np.asarray(label_targets(jax.random.PRNGKey(0), (1000,), 1.0, cfg))
@@ -138,7 +138,7 @@ def test_soft_labels_and_flip_change_discriminator_targets():
 
 
 def test_bce_on_logits_is_stable():
-    from jaxcolor.losses import bce_with_logits
+    from jaxcolor.training.losses import bce_with_logits
 
     logits = np.array([-1e4, 1e4, 0.0], np.float32)
     loss = bce_with_logits(logits, np.array([1.0, 0.0, 1.0], np.float32))

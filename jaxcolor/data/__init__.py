@@ -4,6 +4,14 @@
 The names most callers need are re-exported here (``from jaxcolor import data``).
 """
 
+from jaxcolor.data.batches import (
+    ExampleMaker,
+    Skipped,
+    check_usable,
+    eval_batches,
+    make_example,
+    train_dataset,
+)
 from jaxcolor.data.decoding import (
     GRAYSCALE_TOLERANCE,
     SAMPLE_PREFIX,
@@ -19,14 +27,6 @@ from jaxcolor.data.decoding import (
     to_float_rgb,
 )
 from jaxcolor.data.listing import IMAGE_EXTENSIONS, SAMPLE_SPLITS, SPLITS, find_splits, list_images
-from jaxcolor.data.pipeline import (
-    ExampleMaker,
-    Skipped,
-    check_usable,
-    eval_batches,
-    make_example,
-    train_dataset,
-)
 
 __all__ = [
     "GRAYSCALE_TOLERANCE", "IMAGE_EXTENSIONS", "SAMPLE_PREFIX", "SAMPLE_SPLITS", "SPLITS",

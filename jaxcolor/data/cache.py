@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from jaxcolor.data.batches import ExampleMaker, Skipped, make_example
 from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
-from jaxcolor.data.pipeline import ExampleMaker, Skipped, make_example
 
 
 def stored_size(image_size: int, crop_margin: float = 0.125) -> int:

@@ -34,7 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from jaxcolor import colour, data
-from jaxcolor.reports import json_safe
+from jaxcolor.evaluation.reports import json_safe
 from jaxcolor.serve.batching import Batcher
 
 log = logging.getLogger(__name__)

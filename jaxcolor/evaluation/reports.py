@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jaxcolor import metrics
-from jaxcolor.summary import image_grid
+from jaxcolor.evaluation import metrics
+from jaxcolor.training.summary import image_grid
 
 MODEL, GRAY = "model", "gray_baseline"
 GRAY_LABEL = "gray (ab = 0)"
@@ -181,7 +181,7 @@ def write_comparison(out_dir: str, result: Mapping[str, Any],
                      plotted: Sequence[tuple[str, np.ndarray, tuple[int, int, int], bool]],
                      grid_rows: list[list[np.ndarray]], grid_labels: Sequence[str]) -> list[str]:
     """``--compare``'s files: table (.md), summary (.json), acc(t) plot and sample grid (PNG)."""
-    from jaxcolor.summary import write_png
+    from jaxcolor.training.summary import write_png
 
     split, source = result["split"], result["data_dir"]
     os.makedirs(out_dir, exist_ok=True)

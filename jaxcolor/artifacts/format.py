@@ -9,7 +9,7 @@ An exported model (``python -m jaxcolor.export``) is a folder holding::
 
 The metadata's ``preprocessing`` and ``postprocessing`` describe, in words and numbers, what
 another runtime must do around the network (Lab normalisation, recombination rule); here,
-``jaxcolor.predictor`` does it.
+``jaxcolor.inference.predictor`` does it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcolor.predictor import Model, make_model
+from jaxcolor.inference.predictor import Model, make_model
 
 METADATA_FILE = "jaxcolor_model.json"
 PROGRAM_FILE = "generator.jaxexport"

@@ -1,4 +1,4 @@
-"""The one train step every model uses (inference lives in ``jaxcolor.predictor``).
+"""The one train step every model uses (inference lives in ``jaxcolor.inference.predictor``).
 
 Update order per step (pix2pix's): G forward; ``optim.d_updates`` D updates on the detached
 fakes; ``optim.g_updates`` G updates against the updated D. The first G update reuses the
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxcolor import losses, sharding
-from jaxcolor.train_state import GAN, GANState, NetState
+from jaxcolor import sharding
+from jaxcolor.training import losses
+from jaxcolor.training.state import GAN, GANState, NetState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -37,8 +37,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxcolor import runs
-from jaxcolor.train_state import run_once_options
-from jaxcolor.train_step import all_finite
+from jaxcolor.training.state import run_once_options
+from jaxcolor.training.step import all_finite
 
 log = logging.getLogger(__name__)
 DAMAGED_PREFIX = "damaged-"
@@ -329,6 +329,6 @@ def _legacy_position(paths: list[str]) -> dict:
                 "shuffling); resuming the new global record order after the %d records they "
                 "consumed. The model state is restored exactly; the data order is not the old "
                 "one.", os.path.dirname(paths[0]), records)
-    from jaxcolor.data.pipeline import POSITION_FORMAT
+    from jaxcolor.data.batches import POSITION_FORMAT
 
     return {"format": POSITION_FORMAT, "records_consumed": records}

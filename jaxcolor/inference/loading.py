@@ -3,7 +3,7 @@
 ``load_run`` reads the run's ``config.json``, rebuilds the generator and restores only its
 parameters and BatchNorm statistics from the Orbax checkpoint (the discriminator, the optimiser
 states and the data iterator stay on disk). Both return a ``predictor.Model``; how an image
-becomes a prediction is in ``jaxcolor.predictor``.
+becomes a prediction is in ``jaxcolor.inference.predictor``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from jaxcolor import runs
-from jaxcolor.predictor import Model, make_model
+from jaxcolor.inference.predictor import Model, make_model
 from jaxcolor.runs import Step
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ def restore_generator(workdir: str, step: Step = None
     import orbax.checkpoint as ocp
 
     from jaxcolor import config as config_lib
-    from jaxcolor.checkpoints import DamagedCheckpointError, restore_newest
-    from jaxcolor.train_state import abstract_state, build_gan
+    from jaxcolor.training.checkpoints import DamagedCheckpointError, restore_newest
+    from jaxcolor.training.state import abstract_state, build_gan
 
     config = config_lib.upgrade(runs.read_config(workdir))
     gan = build_gan(config)
@@ -132,7 +132,7 @@ def load_run(workdir: str, step: Step = None, batch_size: int = 8) -> Model:
     Raises FileNotFoundError naming what is missing (config, checkpoint, step).
     """
     from jaxcolor import config as config_lib
-    from jaxcolor.train_state import build_gan
+    from jaxcolor.training.state import build_gan
 
     config, chosen, variables = restore_generator(workdir, step)
     return make_model(config.data.task, generator_apply(build_gan(config).generator), variables,
@@ -146,7 +146,7 @@ def load(path: str, step: Step = None, *, batch_size: int = 8) -> Model:
 
     ``step`` (runs only): None for the newest checkpoint, "latest", "best" or a step number.
     """
-    from jaxcolor import artifact
+    from jaxcolor.artifacts import format as artifact
 
     path = os.fspath(path)
     if artifact.is_export(path):

@@ -1,0 +1,1 @@
+"""The exported model: its format, export (StableHLO, ONNX), loading without training code."""

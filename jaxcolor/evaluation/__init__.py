@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scoring against the gray baseline, reports."""

@@ -1,0 +1,1 @@
+"""Inference: image in -> prediction out (inputs, predictor, Model, loading)."""

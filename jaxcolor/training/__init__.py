@@ -1,0 +1,1 @@
+"""Training: state, step, losses, checkpoints, summaries, validation, loop."""
