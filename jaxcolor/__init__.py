@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jaxcolor.inference.predictor import Model
+    from jaxcolor.inference.model import Model
 
 __all__ = ["load"]
 

@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 
 from jaxcolor import data, runs
-from jaxcolor.inference.predictor import Model, from_float
+from jaxcolor.inference.inputs import from_float
+from jaxcolor.inference.model import Model
 from jaxcolor.training.summary import format_duration
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")

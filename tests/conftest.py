@@ -137,7 +137,7 @@ def tiny_run(factory, experiment: str, trained: bool, **overrides) -> str:
         return workdir
     config = _run_config(experiment, photos, **overrides)
     if trained:
-        from jaxcolor.train import train
+        from jaxcolor.training.loop import train
 
         train(config, workdir)
     else:

@@ -13,7 +13,7 @@ from PIL import Image
 
 import jaxcolor
 from jaxcolor import colour, data
-from jaxcolor.inference import predictor
+from jaxcolor.inference import inputs
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def model(tmp_path_factory):
 
 
 def _lightness(rgb: np.ndarray) -> np.ndarray:
-    return colour.rgb_to_lab(predictor.to_float(rgb))[..., 0]
+    return colour.rgb_to_lab(inputs.to_float(rgb))[..., 0]
 
 
 def _check(out: np.ndarray, source: np.ndarray, dtype) -> None:
@@ -51,7 +51,7 @@ def test_arrays_of_every_dtype_and_shape(model, dtype, shape):
     want = np.float32 if dtype in (np.float32, np.float64) else dtype
     _check(out, image, want)
     if shape == "hw3":  # colour inputs give colour outputs, not their own colours
-        assert not np.array_equal(predictor.to_float(out), predictor.to_float(image))
+        assert not np.array_equal(inputs.to_float(out), inputs.to_float(image))
 
 
 def test_pil_path_bytes_and_file_objects(model, tmp_path):

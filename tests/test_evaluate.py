@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_photo, tiny_run, write_photos
 
-from jaxcolor import data, evaluate, runs
-from jaxcolor.evaluation import metrics, reports
+from jaxcolor import data, runs
+from jaxcolor.evaluation import metrics, reports, scoring
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
-    report = evaluate.evaluate_run(lab_run, "test")
+    report = scoring.evaluate_run(lab_run, "test")
     n = report["num_images"]
     assert n >= 1 and report["step"] == 3 and report["image_size"] == 32
     stem = os.path.join(lab_run, "eval", "test-3")
@@ -89,7 +89,7 @@ def test_cli_other_data_dir_step_and_limit(lab_run, tmp_path):
     only_gray.mkdir()
     cv2.imwrite(str(only_gray / "a.png"), gray)
     with pytest.raises(ValueError, match="no usable image"):
-        evaluate.evaluate_run(lab_run, "test", data_dir=str(only_gray), write=False)
+        scoring.evaluate_run(lab_run, "test", data_dir=str(only_gray), write=False)
 
 
 def test_cli_compare_two_runs(lab_run, pix2pix_run, tmp_path):
@@ -133,7 +133,7 @@ def test_trainer_validation_equals_evaluate(lab_run):
     config = runs.read_config(lab_run)
     logged = runs.read_validation(lab_run, 3)
     assert logged is not None
-    report = evaluate.evaluate_run(lab_run, "validation", step=3,
+    report = scoring.evaluate_run(lab_run, "validation", step=3,
                                    max_images=config.data.num_val_images, write=False)
     assert report["num_images"] == config.data.num_val_images
     for name in ("model", "gray_baseline"):
@@ -163,5 +163,5 @@ def test_test_only_folder_is_the_test_split(lab_run, tmp_path):
     write_photos(str(root / "Test"), 9)
     splits = data.find_splits(str(root))
     assert len(splits["test"]) == 9 and splits["train"] == []
-    report = evaluate.evaluate_run(lab_run, "test", data_dir=str(root), write=False)
+    report = scoring.evaluate_run(lab_run, "test", data_dir=str(root), write=False)
     assert report["num_images"] == 9

@@ -13,14 +13,15 @@ import pytest
 from conftest import REPO, synthetic_photo, tiny_run
 
 import jaxcolor
-from jaxcolor import export, runs
+from jaxcolor import runs
+from jaxcolor.artifacts import export as export_lib
 from jaxcolor.artifacts import format as artifact
 
 
 @pytest.fixture(scope="module")
 def exported(lab_run, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("export") / "lab_gan")
-    export.export_run(lab_run, out)
+    export_lib.export_run(lab_run, out)
     return out
 
 
@@ -102,7 +103,7 @@ def test_cli_exports_a_numbered_step(lab_run, tmp_path):
 def test_pix2pix_exports_with_symbolic_shapes(tmp_path_factory, tmp_path):
     run = tiny_run(tmp_path_factory, "pix2pix", trained=False)
     out = str(tmp_path / "p2p")
-    meta = export.export_run(run, out, platforms=("cpu",))
+    meta = export_lib.export_run(run, out, platforms=("cpu",))
     assert meta["task"] == "gray_rgb" and meta["input_shape"] == "(b, 32*h, 32*w, 3) float32"
     image = synthetic_photo(5, 50, 80)
     np.testing.assert_array_equal(jaxcolor.load(out).colorize(image),
@@ -114,7 +115,7 @@ def test_onnx_export_matches_jax(tmp_path_factory, tmp_path):
     pytest.importorskip("onnxruntime")
     for experiment in ("lab_gan", "pix2pix_lab"):
         run = tiny_run(tmp_path_factory, experiment, trained=False)
-        meta = export.export_run(run, str(tmp_path / experiment), platforms=("cpu",),
+        meta = export_lib.export_run(run, str(tmp_path / experiment), platforms=("cpu",),
                                  formats=("jax", "onnx"))
         assert meta["onnx"]["max_abs_diff"] < 1e-4  # tanh outputs in [-1, 1]
         assert os.path.isfile(tmp_path / experiment / "generator.onnx")

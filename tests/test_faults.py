@@ -118,7 +118,7 @@ def test_diverging_run_stops_with_a_message_and_never_saves_nonfinite(lab_run, t
 def test_skip_step_run_saves_finite_checkpoints_and_counts_skips(photo_dir, tmp_path):
     from test_train_loop import _scalars
 
-    from jaxcolor.train import train
+    from jaxcolor.training.loop import train
 
     config = tiny_config("lab_gan", photo_dir, num_steps=4, checkpoint_every=2,
                          nonfinite="skip_step")
@@ -227,7 +227,7 @@ def test_training_resumes_past_a_damaged_checkpoint(lab_run, tmp_path):
 
     from conftest import _run_config
 
-    from jaxcolor.train import train
+    from jaxcolor.training.loop import train
 
     workdir = str(tmp_path / "run")
     shutil.copytree(lab_run, workdir)

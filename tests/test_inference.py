@@ -14,14 +14,15 @@ import pytest
 from conftest import synthetic_photo, tiny_run
 
 from jaxcolor import colour, data, runs
+from jaxcolor.inference import inputs
 from jaxcolor.inference import loading as inference
-from jaxcolor.inference import predictor
+from jaxcolor.inference import model as model_lib
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import abstract_state, build_gan
 
 
 @pytest.fixture(scope="module")
-def lab(lab_run) -> predictor.Model:
+def lab(lab_run) -> model_lib.Model:
     return inference.load_run(lab_run, batch_size=2)
 
 
@@ -30,7 +31,7 @@ def _photo(seed: int, height: int, width: int) -> np.ndarray:
 
 
 def _lightness(rgb: np.ndarray) -> np.ndarray:
-    return colour.rgb_to_lab(predictor.to_float(rgb))[..., 0]
+    return colour.rgb_to_lab(inputs.to_float(rgb))[..., 0]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -104,17 +105,17 @@ def test_colorize_any_size_keeps_size_and_l(experiment, lab_run, tmp_path_factor
 
 
 def test_bucket_shapes_are_bounded():
-    sizes = {predictor.bucket_shape(h, w, 256, 32)[1] for h in range(40, 2000, 37)
+    sizes = {inputs.bucket_shape(h, w, 256, 32)[1] for h in range(40, 2000, 37)
              for w in range(40, 2000, 41)}
-    lengths = predictor.bucket_lengths(256, 32)
+    lengths = inputs.bucket_lengths(256, 32)
     assert len(sizes) <= 2 * len(lengths) - 1 == 15
     assert all(h % 32 == 0 and w % 32 == 0 and min(h, w) == 256 for h, w in sizes)
     # Aspect kept (short side = size) where a bucket holds it; long panoramas are squeezed.
-    content, padded = predictor.bucket_shape(3000, 4000, 256, 32)  # 4:3 -> the 1.5 bucket
+    content, padded = inputs.bucket_shape(3000, 4000, 256, 32)  # 4:3 -> the 1.5 bucket
     assert content == (256, 341) and padded == (256, 384)
-    content, padded = predictor.bucket_shape(100, 1000, 256, 32)
+    content, padded = inputs.bucket_shape(100, 1000, 256, 32)
     assert content == padded == (256, 1024)
-    content, padded = predictor.bucket_shape(50, 40, 30, 4)  # portrait, size not a multiple
+    content, padded = inputs.bucket_shape(50, 40, 30, 4)  # portrait, size not a multiple
     assert content == (38, 30) and padded == (40, 32)
 
 
@@ -124,7 +125,7 @@ def test_render_size_and_program_bound(lab):
     big = lab.colorize(image, render_size=64)
     assert big.shape == image.shape and lab.device_calls == calls + 1
     assert np.abs(_lightness(image) - _lightness(big)).max() < 1.0
-    assert lab.max_programs == (2 * len(predictor.bucket_lengths(32, 4)) - 1) * 2
+    assert lab.max_programs == (2 * len(inputs.bucket_lengths(32, 4)) - 1) * 2
     with pytest.raises(ValueError, match="render_size"):
         lab.colorize(image, render_size=3)
 
@@ -133,16 +134,16 @@ def test_strips_give_the_same_rgb_as_one_piece():
     rng = np.random.default_rng(0)
     image = (rng.random((37, 29, 3)) * 255).astype(np.uint8)
     ab = rng.normal(0, 40, (8, 6, 2)).astype(np.float32)
-    whole = predictor.to_rgb(image, ab, dtype=np.uint8, strip_pixels=10**9)
+    whole = inputs.to_rgb(image, ab, dtype=np.uint8, strip_pixels=10**9)
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        strips = predictor.to_rgb(image, ab, dtype=np.uint8, strip_pixels=29 * 5, pool=pool)
+        strips = inputs.to_rgb(image, ab, dtype=np.uint8, strip_pixels=29 * 5, pool=pool)
     np.testing.assert_array_equal(whole, strips)
     # Chroma upsampled like cv2.resize's bilinear; L is the input's own.
     flat = np.broadcast_to(np.float32([20.0, -10.0]), (8, 6, 2))
     gray = np.full((30, 50, 3), 0.5, np.float32)
-    out = predictor.to_rgb(gray, flat)
+    out = inputs.to_rgb(gray, flat)
     want_l = colour.rgb_to_lab(gray)[..., 0]
     np.testing.assert_allclose(colour.rgb_to_lab(out),
                                np.dstack([want_l, np.broadcast_to([20, -10], (30, 50, 2))]),
@@ -151,7 +152,7 @@ def test_strips_give_the_same_rgb_as_one_piece():
 
 def test_temporal_smoothing_blends_chroma(lab):
     frames = [_photo(i, 40, 48) for i in (3, 4, 5)]
-    nets = [predictor.network_input(f, 32, 4) for f in frames]
+    nets = [inputs.network_input(f, 32, 4) for f in frames]
     ab = [lab._predictor.chroma(*lab._predictor.dispatch(lab._variables, n.rgb[None]))[0]
           for n in nets]
     h, w = nets[0].content
@@ -160,7 +161,7 @@ def test_temporal_smoothing_blends_chroma(lab):
     for i, frame in enumerate(frames):
         if i:
             smoothed = 0.75 * ab[i][:h, :w] + 0.25 * smoothed
-        np.testing.assert_allclose(outputs[i], predictor.to_rgb(frame, smoothed), atol=1e-5)
+        np.testing.assert_allclose(outputs[i], inputs.to_rgb(frame, smoothed), atol=1e-5)
     with pytest.raises(ValueError, match="temporal_smoothing"):
         list(lab.stream(enumerate(frames), temporal_smoothing=1.5))
 

@@ -13,7 +13,9 @@ from conftest import REPO, synthetic_photo, write_photos
 
 import jaxcolor
 from jaxcolor import config as config_lib
-from jaxcolor import evaluate, export, runs
+from jaxcolor import runs
+from jaxcolor.artifacts import export as export_lib
+from jaxcolor.evaluation import scoring
 from jaxcolor.inference import loading as inference
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import abstract_state, build_gan
@@ -40,18 +42,18 @@ def test_old_run_loads_evaluates_colorizes_and_exports(old_run, tmp_path):
     out = model.colorize(image)
     assert out.shape == image.shape and out.dtype == np.uint8
 
-    report = evaluate.evaluate_run(run, "test", data_dir=photos, write=False)
+    report = scoring.evaluate_run(run, "test", data_dir=photos, write=False)
     assert report["step"] == 2 and report["num_images"] >= 1
 
     exported = str(tmp_path / "exported")
-    meta = export.export_run(run, exported, platforms=("cpu",))
+    meta = export_lib.export_run(run, exported, platforms=("cpu",))
     assert meta["step"] == 2  # the recorded best
     np.testing.assert_array_equal(jaxcolor.load(exported).colorize(image), out)
 
 
 @pytest.mark.slow
 def test_old_run_resumes_training(old_run):
-    from jaxcolor.train import train
+    from jaxcolor.training.loop import train
 
     run, photos = old_run
     before = inference.restore_generator(run)[2]

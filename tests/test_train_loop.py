@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, tiny_config
 
 from jaxcolor import config as config_lib
-from jaxcolor.train import train
+from jaxcolor.training.loop import train
 
 
 def _checkpoint_steps(workdir) -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcolor.inference.predictor import Model, make_model
+from jaxcolor.inference.model import Model, make_model
 
 METADATA_FILE = "jaxcolor_model.json"
 PROGRAM_FILE = "generator.jaxexport"

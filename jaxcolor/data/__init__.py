@@ -1,17 +1,11 @@
-"""Photos in, batches out: ``decode`` (files -> RGB), ``listing`` (folders -> splits) and
-``pipeline`` (Grain datasets of training and evaluation batches).
+"""Photos in, batches out: ``decoding`` (files -> RGB), ``listing`` (folders -> splits),
+``examples`` (one photo -> one example), ``batches`` (the training record stream and evaluation
+batches) and ``cache`` (a prepared uint8 ArrayRecord of the training split).
 
 The names most callers need are re-exported here (``from jaxcolor import data``).
 """
 
-from jaxcolor.data.batches import (
-    ExampleMaker,
-    Skipped,
-    check_usable,
-    eval_batches,
-    make_example,
-    train_dataset,
-)
+from jaxcolor.data.batches import check_usable, eval_batches, train_dataset
 from jaxcolor.data.decoding import (
     GRAYSCALE_TOLERANCE,
     SAMPLE_PREFIX,
@@ -26,6 +20,7 @@ from jaxcolor.data.decoding import (
     source_name,
     to_float_rgb,
 )
+from jaxcolor.data.examples import ExampleMaker, Skipped, make_example
 from jaxcolor.data.listing import IMAGE_EXTENSIONS, SAMPLE_SPLITS, SPLITS, find_splits, list_images
 
 __all__ = [

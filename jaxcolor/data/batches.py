@@ -14,76 +14,16 @@ both (H, W, 3). Transforms here are plain top-level classes: worker processes pi
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 
-from jaxcolor import colour
-from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
+from jaxcolor.data.examples import ExampleMaker, Skipped
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Skipped:
-    """Marker for an example that could not be made; travels to the trainer to be counted."""
-
-    path: str
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleMaker:
-    """path -> example dict (or ``Skipped``). Callable as a Grain map or random map.
-
-    With ``augment`` and an rng: resize to ``image_size * (1 + crop_margin)``, random crop to
-    ``image_size``, random horizontal flip. Otherwise: area resize straight to ``image_size``.
-    """
-
-    image_size: int
-    augment: bool = False
-    crop_margin: float = 0.125
-    skip_grayscale: bool = True
-    max_pixels: int | None = None  # larger images are skipped, from the header when possible
-
-    def __call__(self, path: str, rng: np.random.Generator | None = None):
-        try:
-            # Resize first, in the file's own depth: far cheaper than converting every pixel of
-            # a large photo to float.
-            image = decode(path, max_pixels=self.max_pixels)
-            rgb = to_float_rgb(self.resize(image, rng if self.augment else None), path)
-            if self.skip_grayscale and is_grayscale(rgb):
-                raise BadImageError(f"{path}: grayscale source (no colour to learn)")
-        except BadImageError as e:
-            return Skipped(path, str(e))
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not end a long run
-            return Skipped(path, f"{path}: {type(e).__name__}: {e}")
-        return make_example(rgb)
-
-    def resize(self, image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """Square ``image_size`` image; random crop and flip when ``rng`` is given."""
-        size = self.image_size
-        if rng is None:
-            return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        big = int(round(size * (1.0 + self.crop_margin)))
-        image = cv2.resize(image, (big, big), interpolation=cv2.INTER_AREA)
-        top, left = rng.integers(0, big - size + 1, size=2)
-        image = image[top : top + size, left : left + size]
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-        return np.ascontiguousarray(image)
-
-
-def make_example(rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """RGB in [0, 1] -> {'lab': normalised Lab, 'rgb': RGB in [-1, 1]}, float32."""
-    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
-    l_norm, ab_norm = colour.normalize_lab(colour.rgb_to_lab(rgb))
-    return {"lab": np.concatenate([l_norm, ab_norm], axis=-1), "rgb": rgb * 2.0 - 1.0}
 
 
 # ----------------------------------------------------------------------------- batching

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from jaxcolor.data.batches import ExampleMaker, Skipped, make_example
 from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
+from jaxcolor.data.examples import ExampleMaker, Skipped, augment_size, crop_flip, make_example
 
 
 def stored_size(image_size: int, crop_margin: float = 0.125) -> int:
     """Side of the cached images: the augmenting resize of ``ExampleMaker``."""
-    return int(round(image_size * (1.0 + crop_margin)))
+    return augment_size(image_size, crop_margin)
 
 
 def write_cache(files: Sequence[str], out: str, image_size: int, crop_margin: float = 0.125,
@@ -103,11 +103,7 @@ class CachedExampleMaker:
                            f"{image.size} bytes, not {self.stored_size}^2 x 3")
         image = image.reshape(self.stored_size, self.stored_size, 3)
         if self.augment and rng is not None:
-            size = self.image_size
-            top, left = rng.integers(0, self.stored_size - size + 1, size=2)
-            image = image[top : top + size, left : left + size]
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
+            image = crop_flip(image, self.image_size, rng)
         else:
             image = ExampleMaker(self.image_size).resize(image, None)
         return make_example(image.astype(np.float32) / 255.0)

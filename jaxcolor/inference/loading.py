@@ -2,7 +2,7 @@
 
 ``load_run`` reads the run's ``config.json``, rebuilds the generator and restores only its
 parameters and BatchNorm statistics from the Orbax checkpoint (the discriminator, the optimiser
-states and the data iterator stay on disk). Both return a ``predictor.Model``; how an image
+states and the data iterator stay on disk). Both return a ``model_lib.Model``; how an image
 becomes a prediction is in ``jaxcolor.inference.predictor``.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from jaxcolor import runs
-from jaxcolor.inference.predictor import Model, make_model
+from jaxcolor.inference.model import Model, make_model
 from jaxcolor.runs import Step
 
 if TYPE_CHECKING:

@@ -1,0 +1,319 @@
+"""The one training loop for every model (``python -m jaxcolor.train`` starts it).
+
+Flags: ``--config`` (an ml_collections config file; ``file.py:quick`` passes ``quick`` to its
+``get_config``), ``--config.a.b=v`` overrides, ``--workdir`` (default ``runs/<experiment>``).
+A run resumes from the newest checkpoint in its work dir. SIGINT/SIGTERM finish the current step,
+save a checkpoint and exit 0.
+
+Multi-host (JAX's multi-controller runtime; one ``python -m jaxcolor.train`` per host, all with
+the same flags): ``--distributed`` calls ``jax.distributed.initialize()`` with no arguments, which
+auto-detects TPU pods, SLURM (srun) and other supported clusters; anywhere else pass
+``--coordinator_address=host:port --num_processes=N --process_id=i`` (this implies
+``--distributed``). Each process reads and feeds only its rows of every global batch of one
+globally shuffled record stream, so any process count trains on the same batches; process 0
+alone writes TensorBoard, PNG samples, config.json and the console; all processes save and
+restore the Orbax checkpoints together (the data position is global: a run saved with N
+processes resumes with M). A stop signal is agreed by all processes every ``train.log_every``
+steps (see ``_agree``), so they stop, and save, at the same step; the count of skipped
+training files logged then is all processes' together.
+
+Non-finite steps (``train.nonfinite``): each step reports on the device whether its losses and
+gradients are finite; the loop reads these flags only where it waits for the device anyway
+(log steps, evaluations, saves). ``stop`` ends the run at that point without saving the bad
+state (``NonFiniteError``; the CLI exits with status 1, naming the step and its losses);
+``skip_step`` keeps the state of the step before and counts skipped steps
+(``train/skipped_steps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcolor import config as config_lib
+from jaxcolor import data, runs, sharding
+from jaxcolor.training.checkpoints import Checkpointer
+from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
+from jaxcolor.training.step import jit_train_step
+from jaxcolor.training.summary import Summary
+from jaxcolor.training.validation import Validator
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A step's losses or gradients were NaN or inf (``train.nonfinite=stop``)."""
+
+
+def _first_nonfinite(pending: list, first_step: int) -> tuple[int, dict[str, float]] | None:
+    """(step, metrics) of the first non-finite step among ``pending`` (steps ``first_step``,
+    ``first_step + 1``, ...), or None. Reads one flag per step (waits for the device)."""
+    flags = jax.device_get([m["finite"] for m in pending])
+    for i, flag in enumerate(flags):
+        if not flag:
+            return first_step + i, {k: float(v) for k, v in jax.device_get(pending[i]).items()}
+    return None
+
+
+def _nonfinite_message(bad_step: int, values: dict[str, float], stopped_at: int,
+                       checkpointer: Checkpointer) -> str:
+    losses = ", ".join(f"{k}={values[k]:.4g}" for k in
+                       ("d_loss", "d_real", "d_fake", "g_loss", "g_adv", "g_recon") if k in values)
+    latest = checkpointer.latest_step()
+    kept = (f"the newest checkpoint, step {latest} in {checkpointer.directory}, holds finite "
+            "values" if latest is not None else "no checkpoint was written")
+    return (f"non-finite loss or gradient at step {bad_step} ({losses}): stopped at step "
+            f"{stopped_at} without saving; {kept}. Lower the learning rates or loss weights, "
+            "or set --config.train.nonfinite=skip_step to skip such steps.")
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second SIGINT kills)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+
+
+def init_distributed(distributed: bool = False, coordinator_address: str | None = None,
+                     num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Starts JAX's multi-controller runtime when asked; must run before any other JAX call.
+
+    ``coordinator_address`` (with ``num_processes`` and ``process_id``) is the explicit form for
+    clusters JAX does not detect; ``distributed`` alone auto-detects (TPU VMs, SLURM, ...).
+    On CPU, cross-process collectives use Gloo (the default of
+    ``jax_cpu_collectives_implementation``).
+    """
+    explicit = (coordinator_address, num_processes, process_id)
+    if not distributed and all(v is None for v in explicit):
+        return
+    if coordinator_address is not None and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+
+
+def _agree(local_stop: bool, local_skipped: int) -> tuple[bool, int]:
+    """Whether any process was asked to stop, and the training files all processes skipped
+    together (each reads only its rows of the global batch): one all-gather of two numbers.
+
+    With several processes it is called at the same steps on every process (every
+    ``log_every`` steps and at the last step), where the loop already waits for the device to
+    read the metrics, so it costs one tiny collective per log interval and never a sync inside
+    the interval. One process: no collective.
+    """
+    if jax.process_count() == 1:
+        return local_stop, local_skipped
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(
+        np.asarray([local_stop, local_skipped], dtype=np.int64))
+    gathered = np.asarray(gathered).reshape(-1, 2)
+    return bool(gathered[:, 0].any()), int(gathered[:, 1].sum())
+
+
+def _warn_skipped(reasons) -> int:
+    """Logs each skipped file's reason; returns how many."""
+    for reason in reasons:
+        log.warning("skipped %s", reason)
+    return len(reasons)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+    """Trains (or resumes) the run in ``workdir`` until ``train.num_steps``; returns the state."""
+    mesh = sharding.make_mesh()
+    config_lib.resolve(config)
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    is_main = jax.process_index() == 0
+    cfg_t, cfg_d = config.train, config.data
+    gan = build_gan(config)
+
+    splits = data.find_splits(cfg_d.dir, cfg_d.val_fraction, cfg_t.seed)
+    where = cfg_d.dir or "the built-in sample photos"
+    if not splits["train"]:
+        raise ValueError(f"data.dir={where}: no Train/ folder to train on (it holds only "
+                         "Validation/ or Test/; evaluate it with jaxcolor.evaluate instead)")
+    data.check_usable(splits["train"], f"data.dir={where}", cfg_d.skip_grayscale,
+                      max_pixels=cfg_d.max_pixels)
+
+    os.makedirs(workdir, exist_ok=True)
+    summary = Summary(workdir, cfg_t.num_steps, enabled=is_main)
+    if cfg_d.dir is None:
+        summary.message(
+            f"data.dir is not set: training on {len(splits['train'])} built-in sample photos "
+            f"(validation: {len(splits['validation'])}). Set --config.data.dir for real data."
+        )
+    if is_main:
+        runs.write_config(workdir, config)
+
+    replicated = sharding.replicated(mesh)
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
+    summary.message(
+        f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
+        f" | D {config.model.discriminator} {param_count(state.d.params):,} params"
+        f" | {jax.device_count()} device(s) ({jax.devices()[0].platform}),"
+        f" {jax.process_count()} process(es) | global batch {cfg_t.batch_size}"
+    )
+
+    train_ds = data.train_dataset(
+        splits["train"],
+        image_size=cfg_d.image_size,
+        batch_size=cfg_t.batch_size,  # global: this process reads its rows of each batch
+        seed=cfg_t.seed,
+        augment=cfg_d.augment,
+        skip_grayscale=cfg_d.skip_grayscale,
+        num_workers=cfg_d.num_workers,
+        max_pixels=cfg_d.max_pixels,
+        process_index=jax.process_index(),
+        cache=cfg_d.cache,
+        process_count=jax.process_count(),
+    )
+    batches: Iterator = iter(train_ds)
+    checkpointer = Checkpointer(
+        runs.checkpoint_dir(workdir),
+        every=cfg_t.checkpoint_every,
+        keep=cfg_t.keep_checkpoints,
+        is_main=is_main,
+    )
+    best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
+    # Damaged checkpoints are reported and moved aside; the data position is set only by the
+    # checkpoint that restores, so when all are damaged the run starts from the first batch.
+    # The fresh state is made even when a checkpoint will replace it. Restoring into abstract
+    # shapes before the init program had run would save its compile, but then a damaged
+    # checkpoint's abandoned reads printed about 10,000 lines of "Event loop is closed"
+    # tracebacks from TensorStore's threads; with the init run first, none (measured with
+    # Orbax 0.12.8; cause not found).
+    restored = checkpointer.restore_latest(state, batches)
+    if restored is not None:
+        state = restored
+        summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory}), "
+                        f"data position {batches.resumed_records} records")
+
+    validator = Validator(gan, config, splits["validation"], mesh, workdir)
+    # Every process loads the same validation images: their skips count once.
+    val_skipped = _warn_skipped(validator.skipped)
+    local_skipped = train_skipped = 0  # this process's training rows; all processes' (logged)
+    if not validator.batches:
+        log.warning("no usable validation image: validation loss and sample grids are off")
+
+    step_fn = jit_train_step(gan, config, mesh)
+
+    step = int(state.step)
+    summary.start_step = step
+    pending, wait_time, last_time, last_step = [], 0.0, time.perf_counter(), step
+    stopping = False  # the stop request as agreed by all processes
+    skip_nonfinite = cfg_t.nonfinite == "skip_step"
+    nonfinite, skipped_steps = None, 0
+    with StopRequest() as stop:
+        while step < cfg_t.num_steps and not stopping:
+            t0 = time.perf_counter()
+            local = next(batches)
+            wait_time += time.perf_counter() - t0
+            local_skipped += _warn_skipped(local.pop("skipped"))
+            state, metrics = step_fn(state, sharding.to_global(local, mesh))
+            step += 1
+            pending.append(metrics)
+            log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
+            if jax.process_count() == 1 or log_due:  # several processes: at log steps only
+                stopping, train_skipped = _agree(bool(stop), local_skipped)
+            if not skip_nonfinite and (
+                log_due or stopping or checkpointer.is_due(step)
+                or step % cfg_t.eval_every == 0 or step % cfg_t.image_every == 0
+            ):
+                # A sync point (metrics, validation or a save wait for the device anyway).
+                # Metrics are replicated, so every process reaches the same verdict.
+                nonfinite = _first_nonfinite(pending, step - len(pending) + 1)
+                if nonfinite is not None:
+                    break
+
+            if log_due or stopping:
+                stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
+                finite = stacked.pop("finite") > 0
+                skipped_steps += int((~finite).sum())
+                # Skipped steps' losses are NaN or inf: the means are over the finite ones.
+                means = {k: float(np.mean(v[finite])) if finite.any() else float("nan")
+                         for k, v in stacked.items()}
+                now = time.perf_counter()
+                images_per_sec = (step - last_step) * cfg_t.batch_size / (now - last_time)
+                scalars = {f"train/{k}": v for k, v in means.items()}
+                scalars.update({
+                    "perf/images_per_sec": images_per_sec,
+                    "perf/data_wait_fraction": wait_time / (now - last_time),
+                    "data/skipped_files": val_skipped + train_skipped,
+                })
+                if skip_nonfinite:
+                    scalars["train/skipped_steps"] = skipped_steps
+                    if not finite.all():
+                        log.warning("%d non-finite step(s) skipped up to step %d (%d in all)",
+                                    int((~finite).sum()), step, skipped_steps)
+                summary.scalars(step, scalars)
+                shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
+                summary.progress(step, shown, images_per_sec)
+                pending, wait_time, last_time, last_step = [], 0.0, now, step
+            grid_due = step % cfg_t.image_every == 0 or step == cfg_t.num_steps
+            if grid_due or step % cfg_t.eval_every == 0:
+                val_metrics, rows = validator(state.g, step)
+                summary.scalars(step, val_metrics)
+                if grid_due and rows:
+                    summary.grid(step, "val_samples", rows)
+                value = val_metrics.get(f"val/{cfg_t.best_metric}")
+                if value is not None and checkpointer.is_better(value, best_mode):
+                    checkpointer.save_best(step, state, batches, cfg_t.best_metric, value)
+                last_time = time.perf_counter()  # validation is not train throughput
+            checkpointer.save(step, state, batches)
+
+    if nonfinite is None:
+        checkpointer.save(step, state, batches, force=True)
+    checkpointer.close()
+    summary.close()
+    if nonfinite is not None:
+        if hasattr(batches, "close"):
+            batches.close()
+        raise NonFiniteError(_nonfinite_message(*nonfinite, step, checkpointer))
+    if val_skipped + train_skipped:
+        summary.message(f"{val_skipped + train_skipped} unusable file(s) were skipped (see "
+                        "warnings)")
+    if stopping:
+        command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
+                           + sys.argv[1:])
+        why = stop.signal_name or "stop requested by another process"
+        if not is_main:  # process 0 says it below; each process says what it received
+            log.warning("process %d of %d: %s: stopped at step %d, checkpoint saved",
+                        jax.process_index(), jax.process_count(), why, step)
+        summary.message(
+            f"{why}: stopped at step {step}, checkpoint saved in "
+            f"{checkpointer.directory}.\nResume with: {command}"
+        )
+    else:
+        summary.message(f"done: {step} steps; checkpoints in {checkpointer.directory}")
+    if hasattr(batches, "close"):
+        batches.close()
+    return state
