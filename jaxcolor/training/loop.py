@@ -27,13 +27,14 @@ state (``NonFiniteError``; the CLI exits with status 1, naming the step and its 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -147,8 +148,34 @@ def _warn_skipped(reasons) -> int:
     return len(reasons)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
-    """Trains (or resumes) the run in ``workdir`` until ``train.num_steps``; returns the state."""
+@dataclasses.dataclass
+class Run:
+    """What ``set_up`` builds for the loop: the run's parts, made once."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    summary: Summary
+    checkpointer: Checkpointer
+    validator: Validator
+    batches: Iterator
+    step_fn: Callable
+    val_skipped: int  # unusable validation files (every process loads the same ones)
+
+
+@dataclasses.dataclass
+class Meter:
+    """Per-step metrics awaiting the next log step, and the throughput since the last one."""
+
+    start_step: int
+    pending: list = dataclasses.field(default_factory=list)
+    wait_time: float = 0.0
+    last_time: float = dataclasses.field(default_factory=time.perf_counter)
+    skipped_steps: int = 0  # non-finite steps skipped so far (``skip_step``)
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANState]:
+    """Validates the config, lists the data, builds the models, the input stream, the
+    checkpointer and the validator, and restores the newest checkpoint when there is one."""
     mesh = sharding.make_mesh()
     config_lib.resolve(config)
     config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -174,8 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
     if is_main:
         runs.write_config(workdir, config)
 
-    replicated = sharding.replicated(mesh)
-    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh))
     summary.message(
         f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
         f" | D {config.model.discriminator} {param_count(state.d.params):,} params"
@@ -183,7 +209,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         f" {jax.process_count()} process(es) | global batch {cfg_t.batch_size}"
     )
 
-    train_ds = data.train_dataset(
+    batches = iter(data.train_dataset(
         splits["train"],
         image_size=cfg_d.image_size,
         batch_size=cfg_t.batch_size,  # global: this process reads its rows of each batch
@@ -195,22 +221,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         process_index=jax.process_index(),
         cache=cfg_d.cache,
         process_count=jax.process_count(),
-    )
-    batches: Iterator = iter(train_ds)
+    ))
     checkpointer = Checkpointer(
         runs.checkpoint_dir(workdir),
         every=cfg_t.checkpoint_every,
         keep=cfg_t.keep_checkpoints,
         is_main=is_main,
     )
-    best_mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
     # Damaged checkpoints are reported and moved aside; the data position is set only by the
     # checkpoint that restores, so when all are damaged the run starts from the first batch.
-    # The fresh state is made even when a checkpoint will replace it. Restoring into abstract
-    # shapes before the init program had run would save its compile, but then a damaged
-    # checkpoint's abandoned reads printed about 10,000 lines of "Event loop is closed"
-    # tracebacks from TensorStore's threads; with the init run first, none (measured with
-    # Orbax 0.12.8; cause not found).
+    # The fresh state is made even when a checkpoint will replace it: restoring into abstract
+    # shapes before the init program had run made a damaged checkpoint's abandoned reads print
+    # thousands of "Event loop is closed" tracebacks from TensorStore's threads (BUILD.md).
     restored = checkpointer.restore_latest(state, batches)
     if restored is not None:
         state = restored
@@ -218,102 +240,143 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
                         f"data position {batches.resumed_records} records")
 
     validator = Validator(gan, config, splits["validation"], mesh, workdir)
-    # Every process loads the same validation images: their skips count once.
     val_skipped = _warn_skipped(validator.skipped)
-    local_skipped = train_skipped = 0  # this process's training rows; all processes' (logged)
     if not validator.batches:
         log.warning("no usable validation image: validation loss and sample grids are off")
+    run = Run(config, mesh, summary, checkpointer, validator, batches,
+              jit_train_step(gan, config, mesh), val_skipped)
+    return run, state
 
-    step_fn = jit_train_step(gan, config, mesh)
 
+def log_metrics(run: Run, meter: Meter, step: int, skipped_files: int) -> None:
+    """Means of the pending steps' metrics, throughput and data wait, to TensorBoard and the
+    console; the non-finite steps among them are counted (``skip_step``) and left out."""
+    cfg_t = run.config.train
+    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *meter.pending))
+    finite = stacked.pop("finite") > 0
+    meter.skipped_steps += int((~finite).sum())
+    # Skipped steps' losses are NaN or inf: the means are over the finite ones.
+    means = {k: float(np.mean(v[finite])) if finite.any() else float("nan")
+             for k, v in stacked.items()}
+    now = time.perf_counter()
+    images_per_sec = (step - meter.start_step) * cfg_t.batch_size / (now - meter.last_time)
+    scalars = {f"train/{k}": v for k, v in means.items()}
+    scalars.update({
+        "perf/images_per_sec": images_per_sec,
+        "perf/data_wait_fraction": meter.wait_time / (now - meter.last_time),
+        "data/skipped_files": skipped_files,
+    })
+    if cfg_t.nonfinite == "skip_step":
+        scalars["train/skipped_steps"] = meter.skipped_steps
+        if not finite.all():
+            log.warning("%d non-finite step(s) skipped up to step %d (%d in all)",
+                        int((~finite).sum()), step, meter.skipped_steps)
+    run.summary.scalars(step, scalars)
+    shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
+    run.summary.progress(step, shown, images_per_sec)
+    meter.pending, meter.wait_time, meter.last_time, meter.start_step = [], 0.0, now, step
+
+
+def validate(run: Run, state: GANState, step: int, grid_due: bool) -> None:
+    """Validation metrics (and the sample grid when due); keeps the best checkpoint."""
+    cfg_t = run.config.train
+    val_metrics, rows = run.validator(state.g, step)
+    run.summary.scalars(step, val_metrics)
+    if grid_due and rows:
+        run.summary.grid(step, "val_samples", rows)
+    value = val_metrics.get(f"val/{cfg_t.best_metric}")
+    mode = config_lib.BEST_METRIC_MODES[cfg_t.best_metric]
+    if value is not None and run.checkpointer.is_better(value, mode):
+        run.checkpointer.save_best(step, state, run.batches, cfg_t.best_metric, value)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How the loop ended: at ``step``, on a stop request or a non-finite step, with the
+    training files all processes skipped."""
+
+    step: int
+    stop_reason: str | None  # the signal (or "stop requested by another process"); None: done
+    nonfinite: tuple[int, dict[str, float]] | None
+    train_skipped: int
+
+
+def loop(run: Run, state: GANState) -> tuple[GANState, Outcome]:
+    """Steps until ``train.num_steps``, a stop request or a non-finite step (``stop`` mode),
+    logging, validating and saving on schedule."""
+    cfg_t = run.config.train
     step = int(state.step)
-    summary.start_step = step
-    pending, wait_time, last_time, last_step = [], 0.0, time.perf_counter(), step
+    run.summary.start_step = step
+    meter = Meter(start_step=step)
+    local_skipped = train_skipped = 0  # this process's training rows; all processes' (logged)
     stopping = False  # the stop request as agreed by all processes
-    skip_nonfinite = cfg_t.nonfinite == "skip_step"
-    nonfinite, skipped_steps = None, 0
+    nonfinite = None
     with StopRequest() as stop:
         while step < cfg_t.num_steps and not stopping:
             t0 = time.perf_counter()
-            local = next(batches)
-            wait_time += time.perf_counter() - t0
+            local = next(run.batches)
+            meter.wait_time += time.perf_counter() - t0
             local_skipped += _warn_skipped(local.pop("skipped"))
-            state, metrics = step_fn(state, sharding.to_global(local, mesh))
+            state, metrics = run.step_fn(state, sharding.to_global(local, run.mesh))
             step += 1
-            pending.append(metrics)
+            meter.pending.append(metrics)
             log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
             if jax.process_count() == 1 or log_due:  # several processes: at log steps only
                 stopping, train_skipped = _agree(bool(stop), local_skipped)
-            if not skip_nonfinite and (
-                log_due or stopping or checkpointer.is_due(step)
-                or step % cfg_t.eval_every == 0 or step % cfg_t.image_every == 0
+            grid_due = step % cfg_t.image_every == 0 or step == cfg_t.num_steps
+            eval_due = grid_due or step % cfg_t.eval_every == 0
+            if cfg_t.nonfinite != "skip_step" and (
+                log_due or stopping or eval_due or run.checkpointer.is_due(step)
             ):
                 # A sync point (metrics, validation or a save wait for the device anyway).
                 # Metrics are replicated, so every process reaches the same verdict.
-                nonfinite = _first_nonfinite(pending, step - len(pending) + 1)
+                nonfinite = _first_nonfinite(meter.pending, step - len(meter.pending) + 1)
                 if nonfinite is not None:
                     break
-
             if log_due or stopping:
-                stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending))
-                finite = stacked.pop("finite") > 0
-                skipped_steps += int((~finite).sum())
-                # Skipped steps' losses are NaN or inf: the means are over the finite ones.
-                means = {k: float(np.mean(v[finite])) if finite.any() else float("nan")
-                         for k, v in stacked.items()}
-                now = time.perf_counter()
-                images_per_sec = (step - last_step) * cfg_t.batch_size / (now - last_time)
-                scalars = {f"train/{k}": v for k, v in means.items()}
-                scalars.update({
-                    "perf/images_per_sec": images_per_sec,
-                    "perf/data_wait_fraction": wait_time / (now - last_time),
-                    "data/skipped_files": val_skipped + train_skipped,
-                })
-                if skip_nonfinite:
-                    scalars["train/skipped_steps"] = skipped_steps
-                    if not finite.all():
-                        log.warning("%d non-finite step(s) skipped up to step %d (%d in all)",
-                                    int((~finite).sum()), step, skipped_steps)
-                summary.scalars(step, scalars)
-                shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
-                summary.progress(step, shown, images_per_sec)
-                pending, wait_time, last_time, last_step = [], 0.0, now, step
-            grid_due = step % cfg_t.image_every == 0 or step == cfg_t.num_steps
-            if grid_due or step % cfg_t.eval_every == 0:
-                val_metrics, rows = validator(state.g, step)
-                summary.scalars(step, val_metrics)
-                if grid_due and rows:
-                    summary.grid(step, "val_samples", rows)
-                value = val_metrics.get(f"val/{cfg_t.best_metric}")
-                if value is not None and checkpointer.is_better(value, best_mode):
-                    checkpointer.save_best(step, state, batches, cfg_t.best_metric, value)
-                last_time = time.perf_counter()  # validation is not train throughput
-            checkpointer.save(step, state, batches)
+                log_metrics(run, meter, step, run.val_skipped + train_skipped)
+            if eval_due:
+                validate(run, state, step, grid_due)
+                meter.last_time = time.perf_counter()  # validation is not train throughput
+            run.checkpointer.save(step, state, run.batches)
+    reason = (stop.signal_name or "stop requested by another process") if stopping else None
+    return state, Outcome(step, reason, nonfinite, train_skipped)
 
-    if nonfinite is None:
-        checkpointer.save(step, state, batches, force=True)
+
+def finish(run: Run, state: GANState, outcome: Outcome) -> None:
+    """Saves the final state (unless it is non-finite), closes the run's writers and says how
+    the run ended; raises ``NonFiniteError`` after a non-finite step in ``stop`` mode."""
+    step, checkpointer, summary = outcome.step, run.checkpointer, run.summary
+    if outcome.nonfinite is None:
+        checkpointer.save(step, state, run.batches, force=True)
     checkpointer.close()
     summary.close()
-    if nonfinite is not None:
-        if hasattr(batches, "close"):
-            batches.close()
-        raise NonFiniteError(_nonfinite_message(*nonfinite, step, checkpointer))
-    if val_skipped + train_skipped:
-        summary.message(f"{val_skipped + train_skipped} unusable file(s) were skipped (see "
-                        "warnings)")
-    if stopping:
-        command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "jaxcolor.train"]
-                           + sys.argv[1:])
-        why = stop.signal_name or "stop requested by another process"
-        if not is_main:  # process 0 says it below; each process says what it received
-            log.warning("process %d of %d: %s: stopped at step %d, checkpoint saved",
-                        jax.process_index(), jax.process_count(), why, step)
-        summary.message(
-            f"{why}: stopped at step {step}, checkpoint saved in "
-            f"{checkpointer.directory}.\nResume with: {command}"
-        )
-    else:
-        summary.message(f"done: {step} steps; checkpoints in {checkpointer.directory}")
-    if hasattr(batches, "close"):
-        batches.close()
+    try:
+        if outcome.nonfinite is not None:
+            raise NonFiniteError(_nonfinite_message(*outcome.nonfinite, step, checkpointer))
+        skipped = run.val_skipped + outcome.train_skipped
+        if skipped:
+            summary.message(f"{skipped} unusable file(s) were skipped (see warnings)")
+        if outcome.stop_reason is not None:
+            command = " ".join(shlex.quote(a) for a in
+                               [sys.executable, "-m", "jaxcolor.train"] + sys.argv[1:])
+            if jax.process_index() != 0:  # process 0 says it below; each says what it received
+                log.warning("process %d of %d: %s: stopped at step %d, checkpoint saved",
+                            jax.process_index(), jax.process_count(), outcome.stop_reason, step)
+            summary.message(
+                f"{outcome.stop_reason}: stopped at step {step}, checkpoint saved in "
+                f"{checkpointer.directory}.\nResume with: {command}"
+            )
+        else:
+            summary.message(f"done: {step} steps; checkpoints in {checkpointer.directory}")
+    finally:
+        if hasattr(run.batches, "close"):
+            run.batches.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+    """Trains (or resumes) the run in ``workdir`` until ``train.num_steps``; returns the state."""
+    run, state = set_up(config, workdir)
+    state, outcome = loop(run, state)
+    finish(run, state, outcome)
     return state
