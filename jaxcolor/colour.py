@@ -1,6 +1,6 @@
 """RGB <-> CIE Lab conversion (OpenCV, float32, D65) and the network's normalisation.
 
-Conventions (REFERENCE.md section 2):
+Conventions (as in the pix2pix colorization mode):
   * RGB is float32 in [0, 1], channels last, any leading batch dimensions.
   * Lab is float32 with L in [0, 100] and a, b roughly in [-127, 127].
   * The networks see L' = L / 50 - 1 and ab' = ab / 110, both roughly in [-1, 1].

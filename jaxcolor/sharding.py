@@ -6,8 +6,6 @@ Each process supplies only its local slice of the global batch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -39,7 +37,3 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
         for k, v in local_batch.items()
     }
 
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a host or device pytree on every device of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))

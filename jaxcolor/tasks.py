@@ -39,7 +39,6 @@ class Task:
     split: Callable[[dict], tuple]  # batch -> (cond, target), traced under jit
     to_rgb: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (cond, output) -> RGB [0, 1] host
     from_rgb: Callable[[np.ndarray], np.ndarray]  # RGB [0, 1] host -> cond, for inference
-    cond_to_rgb: Callable[[np.ndarray], np.ndarray]  # cond -> gray RGB [0, 1] host, for display
 
 
 def _lab_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -54,7 +53,6 @@ TASKS: dict[str, Task] = {
         split=lambda b: (b["lab"][..., :1], b["lab"][..., 1:]),
         to_rgb=lambda cond, out: colour.lab_norm_to_rgb(cond, out),
         from_rgb=_lab_from_rgb,
-        cond_to_rgb=lambda cond: colour.lab_norm_to_rgb(cond, np.zeros(cond.shape[:-1] + (2,))),
     ),
     "gray_rgb": Task(
         name="gray_rgb",
@@ -63,7 +61,6 @@ TASKS: dict[str, Task] = {
         split=lambda b: (luma(b["rgb"]), b["rgb"]),
         to_rgb=lambda cond, out: np.clip((np.asarray(out, np.float32) + 1.0) / 2.0, 0.0, 1.0),
         from_rgb=lambda rgb: luma(np.asarray(rgb, np.float32) * 2.0 - 1.0),
-        cond_to_rgb=lambda cond: np.clip((np.asarray(cond, np.float32) + 1.0) / 2.0, 0.0, 1.0),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Per-image evaluation metrics for colorization (REFERENCE.md section 3), host-side NumPy.
+"""Per-image evaluation metrics for colorization, host-side NumPy.
 
 Every metric takes a batch and returns one value per image, shape (N,), so callers can pool
 values over a whole evaluation set and report a mean with a confidence interval (``summarize``).
@@ -31,7 +31,7 @@ AUC_MAX_THRESHOLD = 150.0
 # Nazeri et al.: a pixel is correct when each channel is within 2% of that channel's range.
 PIXEL_TOLERANCE = 0.02
 L_RANGE = 100.0  # L in [0, 100]
-AB_RANGE = 254.0  # a, b taken as [-127, 127] (OpenCV float Lab); our choice, see REFERENCE 2
+AB_RANGE = 254.0  # a, b taken as [-127, 127] (OpenCV float Lab); our choice
 
 
 def _check_batch(*arrays: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """The origin project's LAB GAN: a plain Conv-BN-ReLU generator (L -> ab) and a DCGAN critic.
 
-Generator layer list as in REFERENCE.md section 1. Our kernel/stride choices (the origin gave
+Generator layer list as the origin project gave it. Our kernel/stride choices (the origin gave
 only channel counts):
 
   ======================  ======  ======  =====================

@@ -89,7 +89,7 @@ def make_train_step(
         )
         return out, updates["batch_stats"]
 
-    def d_update(d: NetState, cond, target, fake, rng) -> tuple[NetState, Metrics]:
+    def d_update(d: NetState, cond, target, fake, rng) -> tuple[NetState, Metrics, jax.Array]:
         def loss_fn(params):
             fake_out, stats = discriminate(params, d.batch_stats, cond, fake)
             real_out, stats = discriminate(params, stats, cond, target)
