@@ -33,7 +33,7 @@ def row_config(row: str):
     from jaxcolor import config as config_lib
 
     name, size, batch = row.split(":")
-    config = benchmark.load_config(os.path.join(REPO, "experiments", f"{name}.py"))
+    config = config_lib.load_file(os.path.join(REPO, "experiments", f"{name}.py"))
     return config_lib.resolve(benchmark.override(config, int(size), int(batch)))
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import time
 from collections.abc import Callable
 
@@ -31,17 +30,8 @@ from jaxcolor import sharding
 from jaxcolor.inference.loading import generator_apply
 from jaxcolor.models import kernels
 from jaxcolor.models.flops import model_flops
-from jaxcolor.training.state import build_gan, fresh_state, param_count
-from jaxcolor.training.step import make_train_step, step_jit_kwargs
-
-
-def load_config(path: str):
-    """``get_config`` of an experiment file; ``file.py:preset`` passes the preset."""
-    path, _, preset = path.partition(":")
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+from jaxcolor.training.state import COMPUTE_DTYPES, build_gan, fresh_state, param_count
+from jaxcolor.training.step import check_names, make_train_step, step_jit_kwargs
 
 
 @dataclasses.dataclass
@@ -100,6 +90,7 @@ def prepare(config, impl: str | None = None, transpose: str | None = None
     convolution formulations ``impl`` and ``transpose`` (None: the backend's choice)."""
     mesh = sharding.make_mesh()
     config_lib.validate(config_lib.resolve(config), jax.device_count())
+    check_names(config)
     gan = build_gan(config)
     size, batch_size = config.data.image_size, config.train.batch_size
     rep = sharding.replicated(mesh)
@@ -224,7 +215,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int)
     parser.add_argument("--batch_size", type=int)
     parser.add_argument("--num_downs", type=int, help="U-Net depth (default: deepest for size)")
-    parser.add_argument("--compute_dtype", choices=sorted(config_lib.COMPUTE_DTYPES))
+    parser.add_argument("--compute_dtype", choices=sorted(COMPUTE_DTYPES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernels", choices=(*kernels.IMPLS, "both"),
@@ -236,7 +227,7 @@ def main() -> None:
     parser.add_argument("--peak", action="store_true",
                         help="measure the peak GFLOP/s and print achieved/peak")
     args = parser.parse_args()
-    config = override(load_config(args.config), args.image_size, args.batch_size,
+    config = override(config_lib.load_file(args.config), args.image_size, args.batch_size,
                       args.num_downs, args.compute_dtype)
     devices = jax.devices()
     name = (f"{config.experiment} {config.data.image_size}px batch {config.train.batch_size} "

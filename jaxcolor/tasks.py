@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcolor import colour
+from jaxcolor.config import check_choice
 
 # ITU-R BT.601 luma, the weights of OpenCV's RGB2GRAY: what "a grayscale photo" means to most tools.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -69,7 +70,6 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``; a clear error names the config key otherwise."""
-    if name not in TASKS:
-        raise ValueError(f"data.task={name!r} is unknown; choose one of {sorted(TASKS)}")
+    """The task called ``name``; a clear error names the config key ``data.task`` otherwise."""
+    check_choice("data.task", name, TASKS)
     return TASKS[name]

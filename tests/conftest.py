@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxcolor import compile_cache, sharding
+from jaxcolor import config as config_lib
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_once_options
 
@@ -75,13 +76,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_experiment(name: str, preset: str | None = None):
     """``experiments/<name>.py``'s config, as ``--config experiments/<name>.py[:preset]``."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments",
-                                                                      f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    path = os.path.join(REPO, "experiments", f"{name}.py")
+    return config_lib.load_file(f"{path}:{preset}" if preset else path)
 
 
 def tiny_config(name: str, data_dir: str | None, image_size: int = 32, **train):
