@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import compile_cache, sharding
+from jaxcolor import cli, sharding
 from jaxcolor import config as config_lib
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_once_options
@@ -19,13 +19,13 @@ from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_
 # command-line subprocesses they start (they inherit the variables): many tests compile the same
 # tiny train steps, and a cache hit replaces a compile of tens of seconds. A fresh folder per
 # session keeps suite timings honest; set JAXCOLOR_COMPILATION_CACHE to reuse one.
-if compile_cache.ENV not in os.environ:
-    os.environ[compile_cache.ENV] = tempfile.mkdtemp(prefix="jaxcolor-test-xla-")
+if cli.COMPILE_CACHE_ENV not in os.environ:
+    os.environ[cli.COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxcolor-test-xla-")
 # Every program, however quick to compile: the eager model tests compile hundreds of small
 # per-op programs, and the worker that runs them second then reads them (measured on the two
 # model files: 34 s with only programs over 0.2 s cached, 14 s with all).
-os.environ.setdefault(compile_cache.MIN_SECS_ENV, "0")
-compile_cache.enable()
+os.environ.setdefault(cli.MIN_COMPILE_SECS_ENV, "0")
+cli.enable_compile_cache()
 
 
 def init_once(model, *args, **kwargs):
