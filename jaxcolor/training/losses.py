@@ -53,6 +53,7 @@ def check_names(loss_cfg: ml_collections.ConfigDict) -> None:
     check_choice("loss.adversarial", loss_cfg.adversarial, ADVERSARIAL)
     check_choice("loss.reconstruction", loss_cfg.reconstruction, RECONSTRUCTION)
 
+
 # What D's output means as "probability of real" under each adversarial loss.
 _REALNESS = {"bce": jax.nn.sigmoid, "lsgan": lambda x: x}
 
