@@ -29,12 +29,12 @@ REPO = os.path.dirname(HERE)
 def row_config(row: str):
     """``experiment:image_size:batch_size`` -> the jaxcolor config of that benchmark row, resolved
     (the U-Net's depth made explicit, as the PyTorch side needs it)."""
-    from jaxcolor import benchmark
     from jaxcolor import config as config_lib
+    from jaxcolor.training import throughput
 
     name, size, batch = row.split(":")
-    config = benchmark.load_config(os.path.join(REPO, "experiments", f"{name}.py"))
-    return config_lib.resolve(benchmark.override(config, int(size), int(batch)))
+    config = config_lib.load_file(os.path.join(REPO, "experiments", f"{name}.py"))
+    return config_lib.resolve(throughput.override(config, int(size), int(batch)))
 
 
 def torch_spec(config) -> dict:
@@ -56,14 +56,14 @@ def torch_spec(config) -> dict:
 
 
 class JaxSide:
-    """The jaxcolor train step and G inference (``jaxcolor.benchmark.prepare``)."""
+    """The jaxcolor train step and G inference (``jaxcolor.training.throughput.prepare``)."""
 
     def __init__(self, row: str, warmup: int, impls: list[str]):
-        from jaxcolor import benchmark
+        from jaxcolor.training import throughput
 
         self.timed = {}
         for impl in impls:  # one compiled train step and inference per convolution formulation
-            train, infer = benchmark.prepare(row_config(row), impl)
+            train, infer = throughput.prepare(row_config(row), impl)
             train.run(warmup)
             infer.run(warmup)
             self.timed[impl] = {"train": train, "infer": infer}

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from jaxcolor.cli import run_app
 
-def _flags() -> None:
+
+def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("workdir", None, "Run folder or exported model.", required=True)
@@ -31,8 +33,8 @@ def _flags() -> None:
     flags.DEFINE_integer("render_size", None, "Network short side (default: training size).")
 
 
-def main(argv) -> None:
-    """absl entry point."""
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: writes the photo, loads the model, times its colorize calls."""
     from absl import flags
 
     import jaxcolor
@@ -62,8 +64,11 @@ def main(argv) -> None:
           f"{os.getloadavg()[0]:.1f}")
 
 
-if __name__ == "__main__":
-    from jaxcolor.cli import run_app
+def run() -> None:
+    """``python -m jaxcolor.benchmark_colorize``. No persistent compilation cache: the peak
+    memory reported includes compiling, as in the figures BUILD.md records."""
+    run_app(main, _define_flags, compile_cache=False)
 
-    run_app(main, _flags)
-    sys.exit(0)
+
+if __name__ == "__main__":
+    run()

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from jaxcolor import data, runs
+from jaxcolor.cli import run_app
 from jaxcolor.inference.inputs import from_float
 from jaxcolor.inference.model import Model
 from jaxcolor.training.summary import format_duration
@@ -354,7 +355,8 @@ def _define_flags() -> None:
 
 def main(argv: Sequence[str]) -> int:
     """absl entry point: ``argv[1:]`` are the inputs. Exit code 1 when any input failed, 2 when
-    the model cannot be loaded."""
+    the model cannot be loaded (``run`` gives ``run_app`` that status for OSError and
+    ValueError; failed inputs are collected, not raised)."""
     from absl import app, flags
 
     import jaxcolor
@@ -363,17 +365,8 @@ def main(argv: Sequence[str]) -> int:
     inputs = list(argv[1:])
     if not inputs:
         raise app.UsageError("give at least one input (image, folder or video)")
-    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
-
-    compile_cache.enable()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax logs every file it opens
-    try:
-        step = runs.parse_step(FLAGS.step)
-        model = jaxcolor.load(FLAGS.workdir, step, batch_size=FLAGS.batch_size)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = jaxcolor.load(FLAGS.workdir, runs.parse_step(FLAGS.step),
+                          batch_size=FLAGS.batch_size)
     meta = model.metadata
     print(f"{meta['experiment']} ({meta['task']}) step {meta['step']}, "
           f"{model.image_size}x{model.image_size} model", file=sys.stderr)
@@ -386,9 +379,7 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
     """Console entry point (``jaxcolor-colorize``): the same flags as ``python -m``."""
-    from jaxcolor.cli import run_app
-
-    run_app(lambda argv: sys.exit(main(argv)), _define_flags)
+    run_app(main, _define_flags, error_status=2)
 
 
 if __name__ == "__main__":

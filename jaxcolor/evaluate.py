@@ -24,11 +24,10 @@ the acc(t) curves and a grid of the same images from each run into ``--out``.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 
 from jaxcolor import data, runs
+from jaxcolor.cli import run_app
 from jaxcolor.evaluation import reports, scoring
 
 
@@ -51,25 +50,11 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """absl entry point; a run or data problem ends with its message and exit code 1."""
-    from jaxcolor import compile_cache  # persistent XLA cache: no recompiling
-
-    compile_cache.enable()
-    try:
-        _main(argv)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
-def _main(argv: Sequence[str]) -> None:
+    """absl entry point; a run or data problem ends with its message and exit code 1
+    (``run_app``)."""
     from absl import app, flags
-    from absl import logging as absl_logging
 
     FLAGS = flags.FLAGS
-    if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     step = runs.parse_step(FLAGS.step)
     data_dir = FLAGS["config.data.dir"].value
     extra = list(argv[1:])
@@ -101,8 +86,6 @@ def _main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console entry point (``jaxcolor-evaluate``): the same flags as ``python -m``."""
-    from jaxcolor.cli import run_app
-
     run_app(main, _define_flags)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from jaxcolor import runs
 from jaxcolor.artifacts import export as export_lib
+from jaxcolor.cli import run_app
 
 
 def _define_flags() -> None:
@@ -36,20 +37,16 @@ def _define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """absl entry point; a run problem ends with its message and exit code 1."""
+    """absl entry point; a run problem ends with its message and exit code 1 (``run_app``)."""
     from absl import flags
 
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         sys.exit(2)
-    try:
-        step = "default" if FLAGS.step is None else runs.parse_step(FLAGS.step)
-        formats = ("jax", "onnx") if FLAGS.format == "onnx" else ("jax",)
-        metadata = export_lib.export_run(FLAGS.workdir, FLAGS.out, step, FLAGS.platforms, formats)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    step = "default" if FLAGS.step is None else runs.parse_step(FLAGS.step)
+    formats = ("jax", "onnx") if FLAGS.format == "onnx" else ("jax",)
+    metadata = export_lib.export_run(FLAGS.workdir, FLAGS.out, step, FLAGS.platforms, formats)
     size = sum(os.path.getsize(os.path.join(FLAGS.out, f)) for f in os.listdir(FLAGS.out))
     print(f"exported {metadata['experiment']} step {metadata['step']} "
           f"({', '.join(metadata['platforms'])}) to {FLAGS.out}: {size / 1e6:.1f} MB")
@@ -57,12 +54,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console entry point (``jaxcolor-export``): the same flags as ``python -m``."""
-    from absl import logging
-
-    from jaxcolor.cli import run_app
-
-    logging.set_verbosity(logging.WARNING)
-    run_app(main, _define_flags)
+    run_app(main, _define_flags, compile_cache=False)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``; a clear error names the config key otherwise."""
-    if name not in TASKS:
-        raise ValueError(f"data.task={name!r} is unknown; choose one of {sorted(TASKS)}")
+    """The task called ``name``; a clear error names the config key ``data.task`` otherwise."""
+    if name not in TASKS:  # config.check_choice's message; exported models load no ml_collections
+        raise ValueError(f"config key data.task={name!r} is invalid: one of {sorted(TASKS)}")
     return TASKS[name]

@@ -27,51 +27,20 @@ state (``NonFiniteError``; the CLI exits with status 1, naming the step and its 
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+from collections.abc import Sequence
 
 import jax
 
+from jaxcolor import cli
 from jaxcolor.training.checkpoints import DiskFullError, NonFiniteStateError
 from jaxcolor.training.loop import NonFiniteError, init_distributed, train
 
 
-def main(argv) -> None:
-    """absl entry point."""
-    from absl import flags
-    from absl import logging as absl_logging
-
-    del argv
-    FLAGS = flags.FLAGS
-    if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes
-    init_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
-                     FLAGS.process_id)
-    if jax.process_count() == 1:
-        # Persistent XLA cache: a resumed or repeated run loads its compiled step. Not for
-        # multi-process runs: the cache key holds the process's device topology and only process 0
-        # writes, so only process 0 loads; it then waits for the others, which compile, at the
-        # first collective, and Gloo allows 30 s there (jaxlib 0.10, not configurable): a pair
-        # whose process 1 took longer to compile failed with "Gloo context initialization failed".
-        from jaxcolor import compile_cache
-
-        compile_cache.enable()
-    config = FLAGS.config
-    workdir = FLAGS.workdir or os.path.join("runs", config.experiment)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        train(config, workdir)
-    except (NonFiniteError, NonFiniteStateError, DiskFullError) as e:
-        sys.exit(f"error: {e}")  # exit status 1, the message on stderr
-
-
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).",
-                                    lock_config=True)
+    cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Run directory (default: runs/<experiment>).")
     flags.DEFINE_bool("distributed", False,
                       "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...).")
@@ -80,14 +49,31 @@ def _define_flags() -> None:
                         "auto-detection; needs --num_processes and --process_id).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
     flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
-    flags.mark_flags_as_required(["config"])
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: joins the other processes, if any, then trains."""
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    init_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                     FLAGS.process_id)
+    if jax.process_count() == 1:
+        # Persistent XLA cache: a resumed or repeated run loads its compiled step. Not for
+        # multi-process runs: the cache key holds the process's device topology and only process 0
+        # writes, so only process 0 loads; it then waits for the others, which compile, at the
+        # first collective, and Gloo allows 30 s there (jaxlib 0.10, not configurable): a pair
+        # whose process 1 took longer to compile failed with "Gloo context initialization failed".
+        cli.enable_compile_cache()
+    train(FLAGS.config, FLAGS.workdir or os.path.join("runs", FLAGS.config.experiment))
 
 
 def run() -> None:
-    """Console entry point (``jaxcolor-train``): the same flags as ``python -m``."""
-    from jaxcolor.cli import run_app
-
-    run_app(main, _define_flags)
+    """Console entry point (``jaxcolor-train``): the same flags as ``python -m``. A diverging
+    run or a full disk ends with ``error: ...`` and exit status 1."""
+    cli.run_app(main, _define_flags, compile_cache=False,
+                errors=(NonFiniteError, NonFiniteStateError, DiskFullError))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import compile_cache, sharding
+from jaxcolor import cli, sharding
+from jaxcolor import config as config_lib
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_once_options
 
@@ -18,13 +19,13 @@ from jaxcolor.training.state import abstract_state, build_gan, fresh_state, run_
 # command-line subprocesses they start (they inherit the variables): many tests compile the same
 # tiny train steps, and a cache hit replaces a compile of tens of seconds. A fresh folder per
 # session keeps suite timings honest; set JAXCOLOR_COMPILATION_CACHE to reuse one.
-if compile_cache.ENV not in os.environ:
-    os.environ[compile_cache.ENV] = tempfile.mkdtemp(prefix="jaxcolor-test-xla-")
+if cli.COMPILE_CACHE_ENV not in os.environ:
+    os.environ[cli.COMPILE_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxcolor-test-xla-")
 # Every program, however quick to compile: the eager model tests compile hundreds of small
 # per-op programs, and the worker that runs them second then reads them (measured on the two
 # model files: 34 s with only programs over 0.2 s cached, 14 s with all).
-os.environ.setdefault(compile_cache.MIN_SECS_ENV, "0")
-compile_cache.enable()
+os.environ.setdefault(cli.MIN_COMPILE_SECS_ENV, "0")
+cli.enable_compile_cache()
 
 
 def init_once(model, *args, **kwargs):
@@ -75,13 +76,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_experiment(name: str, preset: str | None = None):
     """``experiments/<name>.py``'s config, as ``--config experiments/<name>.py[:preset]``."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments",
-                                                                      f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    path = os.path.join(REPO, "experiments", f"{name}.py")
+    return config_lib.load_file(f"{path}:{preset}" if preset else path)
 
 
 def tiny_config(name: str, data_dir: str | None, image_size: int = 32, **train):

@@ -1,12 +1,20 @@
 """Config resolution: the U-Net depth follows the image size unless set (and is then checked),
-and configs saved by earlier versions load on today's defaults."""
+configs saved by earlier versions load on today's defaults, experiment files load as the
+``--config`` flag loads them, and the config stays a leaf (no JAX, flax, optax or Orbax)."""
 
 from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import pytest
-from conftest import load_experiment
+from absl import flags
+from conftest import REPO, load_experiment
+from ml_collections import config_flags
 
 from jaxcolor import config as config_lib
 from jaxcolor.training.state import build_gan
@@ -55,3 +63,32 @@ def test_saved_configs_of_earlier_versions_upgrade():
     saved.model.num_downs = 5
     upgraded = config_lib.upgrade(saved)
     assert upgraded.model.num_downs == 5 and upgraded.data.num_val_images == 8
+
+
+def test_load_file_gives_what_the_config_flag_gives():
+    for spec in ("experiments/pix2pix.py", "experiments/lab_gan.py:quick"):
+        path = os.path.join(REPO, spec)
+        flag_values = flags.FlagValues()  # the trainer's --config flag, on its own
+        config_flags.DEFINE_config_file("config", flag_values=flag_values)
+        flag_values(["train", f"--config={path}"])
+        assert config_lib.load_file(path).to_dict() == flag_values.config.to_dict(), spec
+    assert config_lib.load_file(os.path.join(REPO, "experiments/lab_gan.py:quick")
+                                ).data.image_size == 64
+
+
+def test_config_and_experiment_files_import_no_jax_flax_optax_or_orbax():
+    """Flax's and big_vision's convention: ``get_config()`` needs ml_collections alone."""
+    files = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
+    assert len(files) >= 3
+    code = (
+        "import sys\n"
+        "from jaxcolor import config\n"
+        f"for path in {files!r}:\n"
+        "    config.load_file(path); config.load_file(path + ':quick')\n"
+        "heavy = ('jax', 'flax', 'optax', 'orbax')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

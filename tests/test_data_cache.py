@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import write_photos
+from conftest import REPO, write_photos
 
 from jaxcolor.data import ExampleMaker, train_dataset
 from jaxcolor.data.cache import CachedExampleMaker, read_meta, write_cache
@@ -52,3 +55,18 @@ def test_cache_for_another_size_fails_naming_the_key(cached, tmp_path):
     with pytest.raises(ValueError, match="data.cache"):
         read_meta(str(tmp_path / "missing.array_record"), 32)
     assert os.path.exists(out + ".json")
+
+
+def test_command_writes_the_cache_of_a_split(tmp_path):
+    write_photos(str(tmp_path / "photos" / "Train"), 3)
+    write_photos(str(tmp_path / "photos" / "Test"), 2)
+    out = tmp_path / "test.array_record"
+    command = [sys.executable, "-m", "jaxcolor.data.cache", "--dir", str(tmp_path / "photos"),
+               "--image_size", "32", "--out", str(out), "--split", "test", "--keep_grayscale"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"{out}: 2 images of 36 px, 0 skipped" in result.stdout
+    assert json.loads((tmp_path / "test.array_record.json").read_text())["count"] == 2
+    missing = subprocess.run([*command[:4], str(tmp_path / "nowhere"), *command[5:]],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: data.dir="), missing

@@ -18,6 +18,7 @@ from conftest import REPO, tiny_config
 
 from jaxcolor import config as config_lib
 from jaxcolor.training.loop import train
+from jaxcolor.training.step import check_names
 
 
 def _checkpoint_steps(workdir) -> list[int]:
@@ -95,14 +96,26 @@ def test_keeps_newest_checkpoints_and_the_best(photo_dir, tmp_path):
         ("optim.d_updates", 0, "optim.d_updates"),
         ("data.task", "hsv", "data.task"),
         ("model.generator", "resnet", "model.generator"),
+        ("loss.adversarial", "hinge", "loss.adversarial"),
+        ("train.compute_dtype", "float16", "train.compute_dtype"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(key, value, message):
+    """What the trainer checks before any work: values (config) and names (their registries)."""
     config = tiny_config("pix2pix_lab", None)
     section, name = key.split(".")
     config[section][name] = value
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=f"config key {re.escape(message)}=.* is invalid"):
         config_lib.validate(config)
+        check_names(config)
+
+
+def test_trainer_checks_names_before_any_work(tmp_path):
+    config = tiny_config("lab_gan", None)
+    config.loss.reconstruction = "huber"
+    with pytest.raises(ValueError, match=r"config key loss\.reconstruction='huber' is invalid"):
+        train(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_batch_not_divisible_by_devices_fails_clearly():

@@ -12,7 +12,6 @@ and listed in ``<out>.json`` beside the cache (with the sizes the cache was writ
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -117,21 +116,41 @@ def cached_examples(path: str, image_size: int, augment: bool
                                                           augment)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _define_flags() -> None:
+    from absl import flags
+
+    from jaxcolor.data.listing import SPLITS
+
+    flags.DEFINE_string("dir", None, "Photo folder (as data.dir).", required=True)
+    flags.DEFINE_string("out", None, "ArrayRecord file to write.", required=True)
+    flags.DEFINE_integer("image_size", None, "data.image_size of the runs that will read it.",
+                         required=True, lower_bound=1)
+    flags.DEFINE_enum("split", "train", list(SPLITS), "Split of the folder to cache.")
+    flags.DEFINE_bool("keep_grayscale", False, "Keep grayscale sources (data.skip_grayscale).")
+
+
+def main(argv: Sequence[str]) -> None:
+    """absl entry point: writes the cache of ``--dir``'s ``--split``."""
+    from absl import app, flags
+
     from jaxcolor.data.listing import find_splits
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", required=True, help="photo folder (as data.dir)")
-    parser.add_argument("--out", required=True, help="ArrayRecord file to write")
-    parser.add_argument("--image_size", type=int, required=True)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--keep_grayscale", action="store_true")
-    args = parser.parse_args(argv)
-    files = find_splits(args.dir)[args.split]
-    meta = write_cache(files, args.out, args.image_size, skip_grayscale=not args.keep_grayscale)
-    print(f"{args.out}: {meta['count']} images of {meta['stored_size']} px, "
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
+    files = find_splits(FLAGS.dir)[FLAGS.split]
+    meta = write_cache(files, FLAGS.out, FLAGS.image_size,
+                       skip_grayscale=not FLAGS.keep_grayscale)
+    print(f"{FLAGS.out}: {meta['count']} images of {meta['stored_size']} px, "
           f"{len(meta['skipped'])} skipped")
 
 
+def run() -> None:
+    """``python -m jaxcolor.data.cache``; a folder problem ends with ``error: ...``, status 1."""
+    from jaxcolor.cli import run_app
+
+    run_app(main, _define_flags, compile_cache=False)
+
+
 if __name__ == "__main__":
-    main()
+    run()

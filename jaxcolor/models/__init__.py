@@ -12,6 +12,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from jaxcolor.config import check_choice
 from jaxcolor.models.lab_gan import DCGANDiscriminator, LabGenerator
 from jaxcolor.models.pix2pix import PatchGANDiscriminator, UNetGenerator
 from jaxcolor.tasks import Task
@@ -38,11 +39,15 @@ DISCRIMINATORS: dict[str, Builder] = {
 }
 
 
+def check_names(model_cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming ``model.generator`` or ``model.discriminator`` if unknown."""
+    check_choice("model.generator", model_cfg.generator, GENERATORS)
+    check_choice("model.discriminator", model_cfg.discriminator, DISCRIMINATORS)
+
+
 def _build(table: dict[str, Builder], key: str, model_cfg, task: Task, dtype) -> nn.Module:
-    name = model_cfg[key]
-    if name not in table:
-        raise ValueError(f"model.{key}={name!r} is unknown; choose one of {sorted(table)}")
-    return table[name](model_cfg, task, dtype)
+    check_choice(f"model.{key}", model_cfg[key], table)
+    return table[model_cfg[key]](model_cfg, task, dtype)
 
 
 def build_generator(model_cfg: ml_collections.ConfigDict, task: Task, dtype) -> nn.Module:

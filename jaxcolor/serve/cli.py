@@ -7,7 +7,6 @@ progress and exits 0.
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxcolor.cli import run_app
 from jaxcolor.serve.app import MIB, Limits, create_app
 
 
@@ -96,20 +96,15 @@ def serve(model_path: str, step, host: str, port: int, batch_size: int, limits: 
 
 
 def main(argv: Sequence[str]) -> None:
-    """absl entry point; a model or flag problem ends with its message and exit code 1."""
+    """absl entry point; a model or flag problem ends with its message and exit code 1
+    (``run_app``)."""
     from absl import app, flags
-    from absl import logging as absl_logging
 
     from jaxcolor.runs import parse_step
 
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it reads
-    from jaxcolor import compile_cache  # persistent XLA cache: a restart does not recompile
-
-    compile_cache.enable()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limits = Limits(
         max_upload_bytes=int(FLAGS.max_upload_mb * MIB),
         max_pixels=int(FLAGS.max_megapixels * 1e6),
@@ -120,15 +115,11 @@ def main(argv: Sequence[str]) -> None:
     try:
         serve(FLAGS.model, parse_step(FLAGS.step), FLAGS.host, FLAGS.port, FLAGS.batch_size,
               limits)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C while loading or compiling
         print("jaxcolor-serve: interrupted before serving", file=sys.stderr)
 
 
 def run() -> None:
-    """The ``jaxcolor-serve`` console script."""
-    from jaxcolor.cli import run_app
-
+    """The ``jaxcolor-serve`` console script; a restart loads the compiled programs from the
+    persistent compilation cache."""
     run_app(main, define_flags)

@@ -45,7 +45,7 @@ from jaxcolor import config as config_lib
 from jaxcolor import data, runs, sharding
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
-from jaxcolor.training.step import jit_train_step
+from jaxcolor.training.step import check_names, jit_train_step
 from jaxcolor.training.summary import Summary
 from jaxcolor.training.validation import Validator
 
@@ -179,6 +179,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
     mesh = sharding.make_mesh()
     config_lib.resolve(config)
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    check_names(config)
     is_main = jax.process_index() == 0
     cfg_t, cfg_d = config.train, config.data
     gan = build_gan(config)

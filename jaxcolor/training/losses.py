@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxcolor.config import check_choice
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -44,6 +46,13 @@ def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 ADVERSARIAL: dict[str, LossFn] = {"bce": bce_with_logits, "lsgan": least_squares}
 RECONSTRUCTION: dict[str, LossFn] = {"mse": mse, "l1": l1}
+
+
+def check_names(loss_cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming ``loss.adversarial`` or ``loss.reconstruction`` if unknown."""
+    check_choice("loss.adversarial", loss_cfg.adversarial, ADVERSARIAL)
+    check_choice("loss.reconstruction", loss_cfg.reconstruction, RECONSTRUCTION)
+
 
 # What D's output means as "probability of real" under each adversarial loss.
 _REALNESS = {"bce": jax.nn.sigmoid, "lsgan": lambda x: x}

@@ -17,9 +17,16 @@ import ml_collections
 import optax
 
 from jaxcolor import models
+from jaxcolor.config import check_choice
 from jaxcolor.tasks import Task, get_task
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """The dtype ``train.compute_dtype`` names; a clear error names the key otherwise."""
+    check_choice("train.compute_dtype", name, COMPUTE_DTYPES)
+    return COMPUTE_DTYPES[name]
 
 
 @flax.struct.dataclass
@@ -73,7 +80,7 @@ def _adam(schedule: optax.Schedule, updates_per_step: int, cfg) -> optax.Gradien
 def build_gan(config: ml_collections.ConfigDict) -> GAN:
     """Modules, optimisers and schedules named by the config."""
     task = get_task(config.data.task)
-    dtype = COMPUTE_DTYPES[config.train.compute_dtype]
+    dtype = compute_dtype(config.train.compute_dtype)
     opt, steps = config.optim, config.train.num_steps
     g_schedule = lr_schedule(opt.g_lr, steps, opt.decay_start)
     d_schedule = lr_schedule(opt.d_lr, steps, opt.decay_start)

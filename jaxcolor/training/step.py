@@ -24,13 +24,25 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxcolor import sharding
+from jaxcolor import models, sharding
+from jaxcolor.config import check_choice
+from jaxcolor.tasks import get_task
 from jaxcolor.training import losses
-from jaxcolor.training.state import GAN, GANState, NetState
+from jaxcolor.training.state import GAN, GANState, NetState, compute_dtype
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 NONFINITE_MODES = ("stop", "skip_step")
+
+
+def check_names(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first key whose name no registry knows: the task, models,
+    losses, compute dtype and non-finite mode (``config.validate`` checks the other values)."""
+    get_task(config.data.task)
+    models.check_names(config.model)
+    losses.check_names(config.loss)
+    compute_dtype(config.train.compute_dtype)
+    check_choice("train.nonfinite", config.train.nonfinite, NONFINITE_MODES)
 
 
 def all_finite(tree) -> jax.Array:
