@@ -1,8 +1,10 @@
-"""Measuring trained runs on images, always beside the trivial gray prediction.
+"""Measuring trained runs and exported models on images, always beside the trivial gray
+prediction.
 
 python -m jaxcolor.evaluate --workdir runs/lab_gan [--split test] [--step latest|best|N]
-    [--config.data.dir=/path/to/data] [--max_images N] [--batch_size N]
+    [--config.data.dir=/path/to/data] [--max_images N] [--batch_size N] [--out DIR]
 python -m jaxcolor.evaluate --workdir runs/lab_gan --images /path/to/photos   # every image
+python -m jaxcolor.evaluate --workdir models/lab_gan --images /path/to/photos [--out DIR]
 python -m jaxcolor.evaluate --compare runs/lab_gan runs/pix2pix ... [--out eval_compare]
 
 Images are listed as the trainer lists them (``data.find_splits`` with the run's ``data.dir``,
@@ -15,11 +17,19 @@ every model and the gray baseline (the same L with ab = 0) differ only in their 
 per image (``jaxcolor.evaluation.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150),
 pixel accuracy, colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
 
-Report files (``jaxcolor.evaluation.reports``): ``<run>/eval/<split>-<step>.json`` and ``.csv``
-(``images-<step>`` for ``--images``) and a printed markdown table whose ``n`` column counts the
-images scored. ``--compare`` evaluates every run on the first run's file list (each at its own
-resolution), reports over the images all runs used, and writes a side-by-side table, a plot of
-the acc(t) curves and a grid of the same images from each run into ``--out``.
+An exported model (``python -m jaxcolor.export``) is scored as its run was, without the run,
+giving the run's numbers: its metadata records the task, size, step and how the run skipped
+images. It does not record its training data folder: give ``--images DIR``, or
+``--config.data.dir=DIR`` for that folder's split (made with the run's ``val_fraction`` and seed).
+
+Report files (``jaxcolor.evaluation.reports``): ``<split>-<step>.json`` and ``.csv``
+(``images-<step>`` for ``--images``) in ``--out``, by default ``<run>/eval`` for a run and
+``eval_<name>`` in the current directory for an exported model (never the export folder, which
+may be read-only); and a printed markdown table whose ``n`` column counts the images scored.
+``--compare`` evaluates every run on the first run's file list (each at its own resolution),
+reports over the images all runs used, and writes a side-by-side table, a plot of the acc(t)
+curves and a grid of the same images from each run into ``--out`` (default ``eval_compare``);
+each run's own report goes where a single evaluation's would.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from jaxcolor.evaluation import reports, scoring
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "Run directory to evaluate.")
+    flags.DEFINE_string("workdir", None, "Run directory or exported model to evaluate.")
     flags.DEFINE_multi_string("compare", None, "Run directories to compare: --compare A B C.")
     flags.DEFINE_enum("split", "test", list(data.SPLITS), "Split of the dataset.")
     flags.DEFINE_string("images", None, "Evaluate every image under this folder (recursive) "
@@ -45,7 +55,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_images", None, "Evaluate at most this many images.", lower_bound=1)
     flags.DEFINE_integer("batch_size", None, "Images per device call (default: the run's).",
                          lower_bound=1)
-    flags.DEFINE_string("out", "eval_compare", "--compare: folder for the table and plots.")
+    flags.DEFINE_string("out", None, "Folder for the report (default: <run>/eval for a run, "
+                        "./eval_<name> for an exported model; --compare: eval_compare, for the "
+                        "table and plots).")
     flags.DEFINE_integer("num_samples", 6, "--compare: images in the sample grid.", lower_bound=0)
 
 
@@ -73,7 +85,8 @@ def main(argv: Sequence[str]) -> None:
         if extra:
             raise app.UsageError(f"unexpected arguments {extra} (did you mean --compare?)")
         report = scoring.evaluate_run(FLAGS.workdir, FLAGS.split, step, data_dir, FLAGS.max_images,
-                              batch_size=FLAGS.batch_size, images_dir=FLAGS.images)
+                              batch_size=FLAGS.batch_size, images_dir=FLAGS.images,
+                              out_dir=FLAGS.out)
         what = "" if report["split"] == scoring.IMAGES_SPLIT else f"{report['split']} "
         print(f"{report['experiment']} step {report['step']}: {report['num_images']} "
               f"{what}images at {report['image_size']}px "

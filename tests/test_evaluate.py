@@ -165,3 +165,66 @@ def test_test_only_folder_is_the_test_split(lab_run, tmp_path):
     assert len(splits["test"]) == 9 and splits["train"] == []
     report = scoring.evaluate_run(lab_run, "test", data_dir=str(root), write=False)
     assert report["num_images"] == 9
+
+
+def test_exported_model_scores_as_its_run_without_the_run(lab_run, tmp_path):
+    """``--workdir EXPORT`` on a read-only export whose run is gone: the run's numbers, the
+    report in ``--out``, nothing written into the export."""
+    import shutil
+    import stat
+
+    from jaxcolor.artifacts import export as export_lib
+
+    photos = str(tmp_path / "photos")
+    write_photos(photos, 3)
+    run = shutil.copytree(lab_run, tmp_path / "run")
+    export = str(tmp_path / "lab_export")
+    export_lib.export_run(str(run), export, step=2, platforms=("cpu",))
+    shutil.rmtree(run)
+    assert scoring.scored_config(export).train.batch_size == 4  # the run's, recorded
+    before = sorted(os.listdir(export))  # a flat folder
+    for name in before:
+        os.chmod(os.path.join(export, name), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    os.chmod(export, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    try:
+        out = tmp_path / "reports"
+        result = _cli("--workdir", export, "--images", photos, "--out", str(out))
+        with pytest.raises(ValueError, match="does not record its training data folder"):
+            scoring.evaluate_run(export, "test", write=False)
+        assert sorted(os.listdir(export)) == before
+    finally:
+        os.chmod(export, stat.S_IRWXU)
+    assert result.returncode == 0, result.stderr
+    with open(out / "images-2.json") as f:
+        saved = json.load(f)
+    want = scoring.evaluate_run(lab_run, step=2, images_dir=photos, write=False)
+    assert saved["step"] == 2 and saved["source"] == "export"
+    assert saved["num_images"] == want["num_images"] == 3
+    got, run_metrics = saved["metrics"]["model"], want["metrics"]["model"]
+    assert got["psnr"]["mean"] == pytest.approx(run_metrics["psnr"]["mean"], abs=0.05)
+    # The same prediction, not merely a near-gray one: every metric, colourfulness included.
+    assert run_metrics["cf"]["mean"] > 0.1 > want["metrics"]["gray_baseline"]["cf"]["mean"]
+    for key, value in run_metrics.items():
+        assert got[key]["mean"] == pytest.approx(value["mean"], rel=1e-4, abs=1e-4), key
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| prediction | n | PSNR (dB)")
+    assert table[1].startswith("| lab_export @ 2 | 3 |")
+    assert table[2].startswith("| gray (ab = 0) | 3 |")
+    # Without --out, a folder named after the export in the current directory.
+    assert scoring.report_stem(export, "images", 2) == os.path.join("eval_lab_export",
+                                                                    "images-2")
+
+
+def test_export_without_evaluation_facts_is_scored_with_the_defaults(tmp_path):
+    """Exports written before ``evaluation`` was recorded: today's config defaults."""
+    from jaxcolor import config as config_lib
+    from jaxcolor.artifacts import format as artifact
+
+    meta = {"format_version": artifact.FORMAT_VERSION, "experiment": "lab_gan", "task": "lab",
+            "generator": "lab_gan", "image_size": 32, "step": 3}
+    (tmp_path / artifact.METADATA_FILE).write_text(json.dumps(meta))
+    config, base = scoring.scored_config(str(tmp_path)), config_lib.base_config()
+    assert config.data.image_size == 32 and config.experiment == "lab_gan"
+    for section, key in (("data", "skip_grayscale"), ("data", "max_pixels"),
+                         ("data", "val_fraction"), ("train", "seed"), ("train", "batch_size")):
+        assert config[section][key] == base[section][key], key

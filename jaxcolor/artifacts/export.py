@@ -91,6 +91,14 @@ def export_run(workdir: str, out_dir: str, step: Step = "default",
         "jax_version": jax.__version__,
         "serialization": {"format": "jax.export", "calling_convention_version":
                           exported.calling_convention_version},
+        # How ``jaxcolor.evaluate`` scores the export as it scores the run, without the run.
+        "evaluation": {
+            "skip_grayscale": bool(config.data.skip_grayscale),
+            "max_pixels": int(config.data.max_pixels),
+            "val_fraction": float(config.data.val_fraction),
+            "seed": int(config.train.seed),
+            "batch_size": int(config.train.batch_size),
+        },
         "source_run": os.path.abspath(workdir),
         "files": {"program": artifact.PROGRAM_FILE, "weights": artifact.WEIGHTS_FILE},
     }

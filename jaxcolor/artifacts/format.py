@@ -2,7 +2,8 @@
 
 An exported model (``python -m jaxcolor.export``) is a folder holding::
 
-    jaxcolor_model.json   metadata: task, pre/post-processing, sizes, step, metrics, versions
+    jaxcolor_model.json   metadata: task, pre/post-processing, sizes, step, metrics, versions,
+                          how the run was evaluated (``evaluation``; older exports lack it)
     generator.jaxexport   the generator in inference mode, serialised with ``jax.export``
                           (StableHLO), called as ``f(weights, cond) -> output``
     weights.npz           the generator's parameters and BatchNorm statistics, keyed by path

@@ -11,11 +11,18 @@ every model and the gray baseline (the same L with ab = 0) differ only in their 
 per image (``jaxcolor.evaluation.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150),
 pixel accuracy, colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
 
-Report files (``jaxcolor.evaluation.reports``): ``<run>/eval/<split>-<step>.json`` and ``.csv``
-(``images-<step>`` for ``--images``) and a printed markdown table whose ``n`` column counts the
-images scored. ``--compare`` evaluates every run on the first run's file list (each at its own
-resolution), reports over the images all runs used, and writes a side-by-side table, a plot of
-the acc(t) curves and a grid of the same images from each run into ``--out``.
+An exported model (``jaxcolor.artifacts``) is scored as its run was, without the run: its
+metadata records the task, size, step and how the run skipped images (older exports: the
+defaults). It does not record its training data folder, so it needs ``--images DIR`` or
+``--config.data.dir=DIR`` (split with the run's ``val_fraction`` and seed).
+
+Report files (``jaxcolor.evaluation.reports``): ``<split>-<step>.json`` and ``.csv``
+(``images-<step>`` for ``--images``) in ``--out``, by default ``<run>/eval`` for a run and
+``eval_<name>`` in the current directory for an exported model (which may be read-only); and a
+printed markdown table whose ``n`` column counts the images scored. ``--compare`` evaluates
+every run on the first run's file list (each at its own resolution), reports over the images all
+runs used, and writes a side-by-side table, a plot of the acc(t) curves and a grid of the same
+images from each run into ``--out`` (default ``eval_compare``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import colour, data, runs
+from jaxcolor.artifacts import format as artifact
 from jaxcolor.evaluation import metrics, reports
 from jaxcolor.evaluation.reports import GRAY, GRAY_LABEL, MODEL, THRESHOLDS
 from jaxcolor.runs import Step
@@ -102,6 +110,47 @@ def split_files(
     return files, source
 
 
+def scored_config(path: str) -> ml_collections.ConfigDict:
+    """How the model at ``path`` is scored: a run's config, or an exported model's recorded
+    facts, each on today's defaults (``config.upgrade``)."""
+    from jaxcolor import config as config_lib
+
+    if not artifact.is_export(path):
+        return config_lib.upgrade(runs.read_config(path))
+    meta = artifact.read_metadata(path)
+    facts = meta.get("evaluation", {})
+    return config_lib.upgrade(ml_collections.ConfigDict({
+        "experiment": meta["experiment"],
+        "data": {"task": meta["task"], "image_size": meta["image_size"],
+                 **{k: facts[k] for k in ("skip_grayscale", "max_pixels", "val_fraction")
+                    if k in facts}},
+        "model": {"generator": meta["generator"]},
+        "train": {k: facts[k] for k in ("seed", "batch_size") if k in facts},
+    }))
+
+
+def split_source(path: str, config: ml_collections.ConfigDict, split: str,
+                 data_dir: str | None) -> str | None:
+    """The folder whose ``split`` is scored: ``data_dir``, else the run's ``data.dir``."""
+    if data_dir is None and artifact.is_export(path):
+        raise ValueError(
+            f"{path} is an exported model, which does not record its training data folder: "
+            f"give --images DIR, or --config.data.dir=DIR to score that folder's {split!r} "
+            "split")
+    return data_dir if data_dir is not None else config.data.dir
+
+
+def report_stem(path: str, split: str, step: int, out_dir: str | None = None) -> str:
+    """Where a report of the model at ``path`` goes (``.json`` / ``.csv`` are added):
+    ``<out_dir>/<split>-<step>``; by default ``runs.eval_stem`` for a run and
+    ``eval_<name>/`` in the current directory for an exported model."""
+    if out_dir is None:
+        if not artifact.is_export(path):
+            return runs.eval_stem(path, split, step)
+        out_dir = f"eval_{os.path.basename(os.path.abspath(path))}"
+    return os.path.join(out_dir, f"{split}-{step}")
+
+
 def folder_files(images_dir: str) -> list[str]:
     """Every image under ``images_dir`` (recursive), for ``--images``."""
     if not os.path.isdir(images_dir):
@@ -125,37 +174,41 @@ def evaluate_run(
     images_dir: str | None = None,
     num_samples: int = 0,
     write: bool = True,
+    out_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluates the run in ``workdir`` and its gray baseline on one split (or folder).
+    """Evaluates the run or exported model in ``workdir`` and its gray baseline on one split
+    (or folder).
 
     Args:
-      workdir: the run directory.
+      workdir: the run directory, or an exported model folder.
       split: "train", "validation" or "test".
-      step: None/"latest", "best" or a checkpoint step.
-      data_dir: evaluate the split of this folder instead of the run's ``data.dir``.
+      step: None/"latest", "best" or a checkpoint step (runs only).
+      data_dir: evaluate the split of this folder instead of the run's ``data.dir`` (an
+        exported model needs it, or ``images_dir``).
       max_images: stop after this many usable images.
       batch_size: images per device call (default: the run's ``train.batch_size``, as the
-        trainer's validation).
+        trainer's validation; an export records it).
       files: evaluate exactly these files (``split`` and ``data_dir`` then only label the report).
       images_dir: evaluate every image under this folder (recursive); the split is "images".
       num_samples: keep the first images' (truth, prediction) under ``"samples"``.
-      write: write ``<workdir>/eval/<split>-<step>.json`` and ``.csv``.
+      write: write ``<split>-<step>.json`` and ``.csv`` (see ``report_stem``).
+      out_dir: the folder they go to (default: see ``report_stem``).
 
     Returns:
       The report: ``metrics`` ({"model", "gray_baseline"} -> metric -> {"mean", "ci95", "n"}),
       ``acc_curve``, ``files``, ``skipped``, run facts; and, not in the JSON file,
       ``per_image`` and ``curves`` (NumPy arrays per image) and ``samples``.
     """
-    from jaxcolor.inference.loading import load_run
+    from jaxcolor.inference.loading import load
 
-    config = runs.read_config(workdir)
-    model = load_run(workdir, step, batch_size or config.train.batch_size)
+    config = scored_config(workdir)
     if images_dir is not None:
         files, source, split = folder_files(images_dir), images_dir, IMAGES_SPLIT
     elif files is None:
-        files, source = split_files(config, split, data_dir)
+        files, source = split_files(config, split, split_source(workdir, config, split, data_dir))
     else:
         source = data_dir if data_dir is not None else config.data.dir
+    model = load(workdir, step, batch_size=batch_size or config.train.batch_size)
 
     skipped: list[str] = []
     evaluated: list[str] = []
@@ -163,7 +216,7 @@ def evaluate_run(
     curves: dict[str, list[np.ndarray]] = {MODEL: [], GRAY: []}
     samples = {}
     examples = ground_truth(list(files), model.image_size, config.data.skip_grayscale,
-                            max_images, skipped, config.data.get("max_pixels"))
+                            max_images, skipped, config.data.max_pixels)
     batch: list[tuple[str, np.ndarray]] = []
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
@@ -196,6 +249,7 @@ def evaluate_run(
     step_done = model.metadata["step"]
     report = {
         "workdir": os.path.abspath(workdir),
+        "source": model.metadata["source"],
         "experiment": config.experiment,
         "task": config.data.task,
         "generator": config.model.generator,
@@ -215,7 +269,8 @@ def evaluate_run(
         "samples": samples,
     }
     if write:
-        report["outputs"] = reports.write_report(runs.eval_stem(workdir, split, step_done), report)
+        report["outputs"] = reports.write_report(
+            report_stem(workdir, split, step_done, out_dir), report)
     return report
 
 
@@ -236,12 +291,13 @@ def compare_runs(
     data_dir: str | None = None,
     max_images: int | None = None,
     *,
-    out_dir: str = "eval_compare",
+    out_dir: str | None = None,
     batch_size: int | None = None,
     num_samples: int = 6,
     images_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluates several runs on the same images; writes a table, a curve plot and a grid.
+    """Evaluates several runs (or exported models) on the same images; writes a table, a curve
+    plot and a grid into ``out_dir`` (default ``eval_compare``).
 
     The file list is the first run's split (or ``data_dir``'s, or every image under
     ``images_dir``); each run is evaluated at its own resolution and writes its own report; the
@@ -252,12 +308,15 @@ def compare_runs(
 
     if not workdirs:
         raise ValueError("--compare needs at least one run directory")
-    configs = [runs.read_config(w) for w in workdirs]
+    configs = [scored_config(w) for w in workdirs]
     if images_dir is not None:
         files, source, split = folder_files(images_dir), images_dir, IMAGES_SPLIT
     else:
-        files, source = split_files(configs[0], split, data_dir)
+        files, source = split_files(configs[0], split,
+                                    split_source(workdirs[0], configs[0], split, data_dir))
         for workdir, config in zip(workdirs[1:], configs[1:], strict=True):
+            if data_dir is None and artifact.is_export(workdir):
+                continue  # it scores the files given; it does not know its own split
             theirs = (data_dir if data_dir is not None else config.data.dir,
                       config.data.val_fraction, config.train.seed)
             if theirs != (source, configs[0].data.val_fraction, configs[0].train.seed):
@@ -313,7 +372,8 @@ def compare_runs(
             grid_rows.append([metrics.gray_baseline(truth[None])[0],
                               *(resize(r["samples"][f][1], display, display) for r in results),
                               truth])
-    result["outputs"] = reports.write_comparison(out_dir, result, plotted, grid_rows,
-                                                 ["gray input", *labels, "ground truth"])
+    result["outputs"] = reports.write_comparison(
+        out_dir or "eval_compare", result, plotted, grid_rows,
+        ["gray input", *labels, "ground truth"])
     result["reports"] = results
     return result

@@ -8,8 +8,6 @@ becomes a prediction is in ``jaxcolor.inference.predictor``.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,78 +22,31 @@ if TYPE_CHECKING:
     import ml_collections
 
 
-@contextlib.contextmanager
-def _quiet_absl():
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def checkpoint_manager(workdir: str):
-    """A read-only Orbax manager of the run's ``state`` items (a run may be training meanwhile)."""
-    import orbax.checkpoint as ocp
-
-    directory = runs.checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{workdir!r} has no checkpoints ({directory} is missing)")
-    with _quiet_absl():  # Orbax warns that read-only is read-only
-        return ocp.CheckpointManager(
-            directory,
-            options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-            item_names=("state",),
-        )
-
-
 def restore_generator(workdir: str, step: Step = None
                       ) -> tuple[ml_collections.ConfigDict, int, dict[str, Any]]:
-    """(config, resolved step, {"params", "batch_stats"} of G as host arrays) of a run."""
-    import orbax.checkpoint as ocp
+    """(config, resolved step, {"params", "batch_stats"} of G as host arrays) of a run.
 
+    Restores through the trainer's path (``checkpoints.restore``), reading only G's arrays: a
+    damaged newest checkpoint is reported and the next newest used (for None/"latest"); a
+    damaged named step raises DamagedCheckpointError. Nothing is moved aside: a training
+    process may own the folder.
+    """
     from jaxcolor import config as config_lib
-    from jaxcolor.training.checkpoints import DamagedCheckpointError, restore_newest
+    from jaxcolor.training import checkpoints
     from jaxcolor.training.state import abstract_state, build_gan
 
     config = config_lib.upgrade(runs.read_config(workdir))
-    gan = build_gan(config)
-    manager = checkpoint_manager(workdir)
-    try:
-        chosen = runs.resolve_step(workdir, step, manager.all_steps())
-        abstract = abstract_state(gan, config.data.image_size,
-                                  jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-        target = {"g": {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}}
-
-        def restore(at: int) -> dict[str, Any]:
-            # Partial restore: only the generator's arrays are read from disk.
-            return manager.restore(
-                at,
-                args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                )),
-            )["state"]["g"]
-
-        if step is None or step == "latest":
-            # A damaged newest checkpoint: warn, naming it, and use the next newest. Nothing is
-            # moved aside here: a training process may own the folder.
-            chosen, restored = restore_newest(
-                runs.checkpoint_dir(workdir), [s for s in manager.all_steps() if s <= chosen],
-                restore)
-        else:
-            try:
-                restored = restore(chosen)
-            except Exception as e:  # noqa: BLE001 - any failure to read means damaged files
-                folder = os.path.join(runs.checkpoint_dir(workdir), str(chosen))
-                raise DamagedCheckpointError(
-                    f"checkpoint {folder} is damaged and cannot be restored "
-                    f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
-    finally:
-        manager.close()
-    return config, chosen, {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    directory = runs.checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir!r} has no checkpoints ({directory} is missing)")
+    chosen = runs.resolve_step(workdir, step, checkpoints.checkpoint_steps(directory))
+    abstract = abstract_state(build_gan(config), config.data.image_size,
+                              jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    target = {"g": {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}}
+    chosen, restored = checkpoints.restore(
+        directory, target, None if step in (None, "latest") else chosen, partial=True)
+    return config, chosen, {"params": restored["g"]["params"],
+                            "batch_stats": restored["g"]["batch_stats"]}
 
 
 def generator_apply(generator: Any) -> Callable[[Any, jax.Array], jax.Array]:

@@ -14,8 +14,14 @@ Retention: the newest ``keep`` checkpoints, plus the best one by a validation me
 Faults: a state holding a NaN or inf is never written (``NonFiniteStateError``), so retention
 never deletes a finite checkpoint to make room for a bad one. A full disk during a save raises
 ``DiskFullError`` (the partial folder is removed; earlier checkpoints are untouched). A
-checkpoint that cannot be restored is "damaged": ``restore_newest`` reports it, moves it aside
-to ``damaged-<step>`` when asked, and falls back to the next newest.
+checkpoint that cannot be restored is "damaged".
+
+Restoring has one path, ``restore``: the trainer's resume (``Checkpointer.restore_latest``) and
+every reader of a run (``jaxcolor.inference.loading``: evaluate, colorize, export, the server,
+``jaxcolor.load``, through a read-only Orbax manager, reading only G's arrays) call it. Without a
+step it reports a damaged checkpoint, naming its folder, and falls back to the next newest
+(``restore_newest``); only the trainer moves a damaged one aside to ``damaged-<step>`` (a reader
+may not own the folder).
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _damaged(folder: str, reason: str) -> str:
+    return f"checkpoint {folder} is damaged and cannot be restored ({reason})"
+
+
 def restore_newest(
     directory: str,
     steps: Sequence[int],
@@ -90,8 +100,8 @@ def restore_newest(
     ``<directory>/damaged-<step>`` so it is never tried again. Raises DamagedCheckpointError
     naming every folder tried when none restores (and FileNotFoundError when ``steps`` is empty).
 
-    The trainer calls it with ``move_aside=True``; readers of a run (evaluate, colorize, export)
-    should leave ``move_aside`` False, as a training process may own the folder.
+    ``restore`` calls it (``move_aside`` only for the trainer: a training process may own the
+    folder a reader reads).
     """
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
@@ -114,14 +124,152 @@ def restore_newest(
                     target = os.path.join(directory, f"{DAMAGED_PREFIX}{step}.{n}")
                 os.rename(folder, target)
                 moved = f"; moved to {target}"
-            warn(f"checkpoint {folder} is damaged and cannot be restored ({reason}){moved}; "
-                 "falling back to the next newest checkpoint")
+            warn(f"{_damaged(folder, reason)}{moved}; falling back to the next newest checkpoint")
     raise DamagedCheckpointError("every checkpoint is damaged: " + "; ".join(reasons))
 
 
 def _shapes(tree) -> list[tuple[tuple[int, ...], str]]:
     return sorted((tuple(getattr(x, "shape", ())), str(np.dtype(getattr(x, "dtype", None))))
                   for x in jax.tree.leaves(tree))
+
+
+def _like(saved: Any, target: Any) -> Any:
+    """The part of a saved tree that a partial ``target`` (nested dicts) names."""
+    if not isinstance(target, dict):
+        return saved
+    # Empty parts (a model without BatchNorm statistics) hold no array to compare.
+    return {k: _like(saved[k], v) for k, v in target.items() if jax.tree.leaves(v)}
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _reader(directory: str, *, partial: bool, data: bool) -> Iterator[ocp.CheckpointManager]:
+    """A read-only Orbax manager of ``directory`` (a run may be training meanwhile)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint folder {directory}")
+    handlers = {"state": ocp.PyTreeCheckpointHandler() if partial
+                else ocp.StandardCheckpointHandler()}
+    if data:
+        handlers["data"] = ocp.JsonCheckpointHandler(filename=DATA_POSITION_FILE)
+    with _quiet_absl():  # Orbax warns that read-only is read-only
+        manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+            item_handlers=handlers)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the complete checkpoints in ``directory``, oldest first (FileNotFoundError when
+    the folder is missing)."""
+    with _reader(directory, partial=True, data=False) as manager:
+        return sorted(manager.all_steps())
+
+
+def restore(
+    directory: str,
+    target: Any,
+    step: int | None = None,
+    *,
+    partial: bool = False,
+    data_iter: Any | None = None,
+    move_damaged: bool = False,
+    warn: Callable[[str], None] = log.warning,
+    manager: ocp.CheckpointManager | None = None,
+) -> tuple[int, Any]:
+    """``(step, state)`` restored from the checkpoints in ``directory``: the one restore path.
+
+    Args:
+      directory: the checkpoint folder (``<run>/checkpoints``).
+      target: arrays or ``jax.ShapeDtypeStruct`` laid out as the state to restore (their
+        shardings say where the arrays go).
+      step: None for the newest that restores: each damaged one is reported through ``warn``,
+        naming its folder, and the next newest tried (``restore_newest``); a number for exactly
+        that checkpoint.
+      partial: ``target`` is a part of the saved state as nested dicts (readers:
+        ``{"g": {"params", "batch_stats"}}``); only those arrays are read.
+      data_iter: set to the checkpoint's data position (the trainer).
+      move_damaged: rename damaged checkpoints to ``damaged-<step>`` (only the trainer, which
+        owns the folder).
+      warn: where damage is reported.
+      manager: the Orbax manager to read with: the trainer's own (closing a second manager
+        after a damaged checkpoint's abandoned reads prints their tracebacks); default a
+        read-only one, closed on return.
+
+    Raises:
+      FileNotFoundError: no checkpoint, or none at ``step``.
+      CheckpointMismatchError: the checkpoint holds other shapes than ``target`` (a changed
+        configuration is not damage: nothing is moved, nothing else tried).
+      DamagedCheckpointError: ``step``'s checkpoint, or with ``step`` None every one, is damaged;
+        the message names each folder and why.
+      ValueError: a data position this version cannot use, naming its file (the arrays are
+        intact, so this is not damage either).
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    with contextlib.ExitStack() as stack:
+        if manager is None:
+            manager = stack.enter_context(
+                _reader(directory, partial=partial, data=data_iter is not None))
+        steps = sorted(manager.all_steps())
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {directory} "
+                                    f"(have {steps})")
+
+        def legacy_positions(at: int) -> list[str]:
+            return sorted(glob.glob(os.path.join(directory, str(at), "data",
+                                                 "process_*-of-*.json")))
+
+        def read(at: int) -> dict[str, Any]:
+            folder = os.path.join(directory, str(at))
+            saved = ocp.StandardCheckpointHandler().metadata(epath.Path(folder) / "state")
+            saved = getattr(saved, "tree", saved)
+            try:
+                saved = _like(saved, abstract) if partial else saved
+            except KeyError:  # an array this configuration has and the checkpoint lacks
+                saved = None
+            if saved is None or _shapes(saved) != _shapes(abstract):
+                raise CheckpointMismatchError(
+                    f"checkpoint {folder} holds arrays of other shapes than this "
+                    "configuration's model: was the run started with another config? Use the "
+                    "same config, or another --workdir.")
+            if partial:
+                state = ocp.args.PyTreeRestore(
+                    item=abstract, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+            else:
+                state = ocp.args.StandardRestore(abstract)
+            items = {"state": state}
+            if data_iter is not None and not legacy_positions(at):
+                items["data"] = ocp.args.JsonRestore()
+            return manager.restore(at, args=ocp.args.Composite(**items))
+
+        if step is None:
+            step, restored = restore_newest(directory, steps, read, move_aside=move_damaged,
+                                            warn=warn)
+        else:
+            try:
+                restored = read(step)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read means damaged files
+                raise DamagedCheckpointError(
+                    _damaged(os.path.join(directory, str(step)), _first_line(e))) from e
+    if data_iter is not None:
+        legacy = legacy_positions(step)
+        data_iter.set_state(_legacy_position(legacy) if legacy else restored["data"])
+    return step, restored["state"]
 
 
 class Checkpointer:
@@ -228,42 +376,22 @@ class Checkpointer:
 
     def restore(self, state_like: Any, data_iter: Any | None, step: int | None = None) -> Any:
         """The state at ``step`` (default latest) laid out like ``state_like``; moves
-        ``data_iter`` to its saved position.
-
-        Raises CheckpointMismatchError when the checkpoint holds other shapes than
-        ``state_like`` (a changed configuration), any other error when its files are damaged.
-        """
+        ``data_iter`` to its saved position (see ``restore``: CheckpointMismatchError for other
+        shapes, DamagedCheckpointError naming the folder when its files are damaged)."""
         step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        saved = ocp.StandardCheckpointHandler().metadata(
-            epath.Path(self.directory) / str(step) / "state")
-        if _shapes(getattr(saved, "tree", saved)) != _shapes(abstract):
-            raise CheckpointMismatchError(
-                f"checkpoint {os.path.join(self.directory, str(step))} holds arrays of other "
-                "shapes than this configuration's model: was the run started with another "
-                "config? Use the same config, or another --workdir.")
-        items = {"state": ocp.args.StandardRestore(abstract)}
-        legacy = sorted(glob.glob(os.path.join(self.directory, str(step), "data",
-                                               "process_*-of-*.json")))
-        if data_iter is not None and not legacy:
-            items["data"] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        if data_iter is not None:
-            data_iter.set_state(_legacy_position(legacy) if legacy else restored["data"])
-        return restored["state"]
+        return restore(self.directory, state_like, step, data_iter=data_iter,
+                       manager=self._manager)[1]
 
     def restore_latest(self, state_like: Any, data_iter: Any | None,
                        warn: Callable[[str], None] = log.warning) -> Any | None:
         """The newest restorable checkpoint's state (see ``restore``), or None when there is
-        none. Damaged ones are reported through ``warn`` and moved aside (see
-        ``restore_newest``); if every one is damaged, the run starts afresh."""
-        steps = self.all_steps()
-        if not steps:
+        none. Damaged ones are reported through ``warn`` and moved aside; if every one is
+        damaged, the run starts afresh."""
+        if not self.all_steps():
             return None
         try:
-            _, state = restore_newest(
-                self.directory, steps, lambda s: self.restore(state_like, data_iter, s),
-                move_aside=self.is_main, warn=warn)
+            _, state = restore(self.directory, state_like, data_iter=data_iter,
+                               move_damaged=self.is_main, warn=warn, manager=self._manager)
         except DamagedCheckpointError as e:
             warn(f"{e}; starting from scratch")
             state = None
