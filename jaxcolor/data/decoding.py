@@ -33,7 +33,7 @@ class BadImageError(ValueError):
 @functools.lru_cache(maxsize=16)
 def _sample_photo(name: str) -> np.ndarray:
     """The built-in photo ``name`` in OpenCV's BGR order, contiguous (OpenCV resizes a reversed
-    view about 4x slower: the quick run's loader time), read-only (it is shared)."""
+    view several times slower), read-only (it is shared)."""
     import skimage.data
 
     if name.startswith("stereo_motorcycle_"):

@@ -9,12 +9,9 @@ differentiates faster. Every formulation computes the same function with the sam
   convolutions on a space-to-depth view of the padded input, so that their input gradient is a
   plain stride-1 convolution too.
 
-``conv_impl()`` is ``"native"`` on every backend: measured side by side on a shared 2-core EPYC
-(pix2pix_lab 256 px, batch 4) the whole train step was no faster with ``"fast"`` (0.96x vs 0.98x
-PyTorch; inference 1.00x vs 1.26x), although single weight gradients ran faster as taps
-(3x3 128-channel: 38-75 -> 49-100 GFLOP/s; 2x2 at 256->512 channels: 29 -> 130), and its
-different summation order over a sharded batch moved the 8-vs-1-device agreement past
-``tests/test_train_step.py``'s bound. ``--kernels both`` re-measures on another machine.
+``conv_impl()`` is ``"native"`` on every backend: the whole train step was no faster with
+``"fast"`` on the CPUs measured (BUILD.md), although single weight gradients were; ``--kernels
+both`` re-measures on another machine.
 ``use_conv_impl`` overrides the choice while a function is traced (benchmarks, tests). JAX
 caches traces per function, so a function traced once keeps its formulation: compare them with
 a new function (or a static argument) per formulation.
@@ -23,9 +20,8 @@ Transposed convolutions (4x4, stride 2) have their own choice, ``transpose_impl(
 ``"native"`` (``lax.conv_transpose``) or ``"subpixel"`` (four stride-1 2x2 convolutions, one per
 output phase; ``jaxcolor.models.layers.subpixel_conv_transpose``). ``TRANSPOSE_BY_BACKEND``
 holds the choice measured per backend with ``python -m jaxcolor.benchmark --transpose both``
-(BUILD.md has the figures): sub-pixel on CPU (XLA's CPU gradient of the native op is about 50x
-slower than its forward pass) and on NVIDIA GPUs (an H200 trained 1.0-1.7x faster with it, every
-row and dtype measured; jax-ml/jax#23783). TPUs, not measured, keep the native op.
+(BUILD.md has the figures): sub-pixel on CPU (XLA's CPU gradient of the native op is a slow
+path) and on NVIDIA GPUs (jax-ml/jax#23783). TPUs, not measured, keep the native op.
 ``use_transpose_impl`` overrides the choice.
 """
 

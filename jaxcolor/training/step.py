@@ -153,7 +153,7 @@ def make_train_step(
         if skip_nonfinite:
             # Keep both networks as they were; the step counter (and the data) still advance.
             # A cond, not a select per leaf: the selects fused into every update and made the
-            # LAB GAN's step compile 4x slower (42 s against 9 s on a 2-core CPU).
+            # step compile several times slower (BUILD.md).
             g, d = jax.lax.cond(finite, lambda: (g, d), lambda: (state.g, state.d))
         metrics["g_lr"] = gan.g_schedule(state.step)
         metrics["d_lr"] = gan.d_schedule(state.step)
