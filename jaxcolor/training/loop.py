@@ -1,21 +1,15 @@
 """The one training loop for every model (``python -m jaxcolor.train`` starts it).
 
-Flags: ``--config`` (an ml_collections config file; ``file.py:quick`` passes ``quick`` to its
-``get_config``), ``--config.a.b=v`` overrides, ``--workdir`` (default ``runs/<experiment>``).
 A run resumes from the newest checkpoint in its work dir. SIGINT/SIGTERM finish the current step,
 save a checkpoint and exit 0.
 
-Multi-host (JAX's multi-controller runtime; one ``python -m jaxcolor.train`` per host, all with
-the same flags): ``--distributed`` calls ``jax.distributed.initialize()`` with no arguments, which
-auto-detects TPU pods, SLURM (srun) and other supported clusters; anywhere else pass
-``--coordinator_address=host:port --num_processes=N --process_id=i`` (this implies
-``--distributed``). Each process reads and feeds only its rows of every global batch of one
-globally shuffled record stream, so any process count trains on the same batches; process 0
-alone writes TensorBoard, PNG samples, config.json and the console; all processes save and
-restore the Orbax checkpoints together (the data position is global: a run saved with N
-processes resumes with M). A stop signal is agreed by all processes every ``train.log_every``
-steps (see ``_agree``), so they stop, and save, at the same step; the count of skipped
-training files logged then is all processes' together.
+Several processes (JAX's multi-controller runtime): each process reads and feeds only its rows
+of every global batch of one globally shuffled record stream, so any process count trains on the
+same batches; process 0 alone writes TensorBoard, PNG samples, config.json and the console; all
+processes save and restore the Orbax checkpoints together (the data position is global: a run
+saved with N processes resumes with M). A stop signal is agreed by all processes every
+``train.log_every`` steps (see ``_agree``), so they stop, and save, at the same step; the count
+of skipped training files logged then is all processes' together.
 
 Non-finite steps (``train.nonfinite``): each step reports on the device whether its losses and
 gradients are finite; the loop reads these flags only where it waits for the device anyway
