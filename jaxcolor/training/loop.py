@@ -46,7 +46,7 @@ from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
 from jaxcolor.training.step import jit_train_step
 from jaxcolor.training.summary import Summary
-from jaxcolor.training.validation import Validator
+from jaxcolor.training.validation import Validator, fit_training_baselines
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
         )
     if is_main:
         runs.write_config(workdir, config)
+        fit_training_baselines(workdir, splits["train"], config)
 
     replicated = sharding.replicated(mesh)
     state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, replicated)
@@ -282,6 +283,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
             if grid_due or step % cfg_t.eval_every == 0:
                 val_metrics, rows = validator(state.g, step)
                 summary.scalars(step, val_metrics)
+                if validator.line:
+                    summary.message(validator.line)
                 if grid_due and rows:
                     summary.grid(step, "val_samples", rows)
                 value = val_metrics.get(f"val/{cfg_t.best_metric}")
@@ -292,6 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> GANState:
 
     if nonfinite is None:
         checkpointer.save(step, state, batches, force=True)
+        validator.calibrate(state.g, step)  # a stop between validations: its step too
     checkpointer.close()
     summary.close()
     if nonfinite is not None:
