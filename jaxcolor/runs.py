@@ -6,7 +6,8 @@ A run folder (``--workdir``) holds::
     checkpoints/<step>/          Orbax checkpoints (train state + data iterator position)
     checkpoints/best_step.json   {"step", "metric", "value"}: the best checkpoint so far
     validation.jsonl             one line per validation: {"step", "model", "gray_baseline",
-                                 "beats_gray", "colour_strength"}
+                                 "num_images", "beats_gray", "colour_strength",
+                                 "calibrated_beats_gray"} (runs before the last four lack them)
     calibration.json             {"<step>": {"colour_strength", "rule", "split", "n", "curve"}}:
                                  the colour strength fitted for each checkpoint step
     baselines.json               mean ab and mean ab per L bin of the training photos
