@@ -2,6 +2,7 @@
 
 python -m jaxcolor.colorize --workdir runs/lab_gan photo.jpg photos/ clip.mp4 --out colored/
     [--step latest|best|N] [--batch_size 8] [--render_size 512] [--temporal_smoothing 0.5]
+    [--colour_strength 0.5]
 
 ``--workdir`` is a run folder or an exported model (``jaxcolor.export``). Inputs are image files,
 folders (searched recursively for images and videos) and videos (.mp4, .avi, .mov, .mkv, read
@@ -11,7 +12,8 @@ for 16-bit inputs, keeping the path below a folder input. Colour inputs are redu
 lightness first. Transparent pixels are composited on white and the output has no alpha.
 ``--render_size N``: the network sees each photo with its short side N (default: the training
 size), aspect ratio kept; the chroma is upsampled to the photo's full size
-(``jaxcolor.inference.predictor``).
+(``jaxcolor.inference.predictor``). ``--colour_strength s`` multiplies the predicted chroma by s
+(0: gray, 1: the network's own; default: the strength calibrated for the checkpoint, else 1).
 
 Videos keep their container, frame size and frame rate (codec mp4v, or MJPG for .avi; if the
 container cannot be written, an .avi is written instead). Audio is not copied: OpenCV does not
@@ -38,6 +40,7 @@ from jaxcolor import data, runs
 from jaxcolor.cli import run_app
 from jaxcolor.inference.inputs import from_float
 from jaxcolor.inference.model import Model
+from jaxcolor.inference.predictor import check_colour_strength
 from jaxcolor.training.summary import format_duration
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -210,7 +213,8 @@ def _write_image(path: str, rgb: np.ndarray) -> None:
 
 
 def _colorize_images(model: Model, jobs: list[Job], summary: ColorizeSummary,
-                     progress: bool, render_size: int | None) -> None:
+                     progress: bool, render_size: int | None,
+                     colour_strength: float | None) -> None:
     bar = Progress("images", len(jobs), "images", enabled=progress)
 
     def failed(job: Job, error: Exception) -> None:
@@ -218,7 +222,7 @@ def _colorize_images(model: Model, jobs: list[Job], summary: ColorizeSummary,
         bar.update()
 
     for job, rgb in model.stream(((job, job.path) for job in jobs), render_size=render_size,
-                                 on_error=failed):
+                                 on_error=failed, colour_strength=colour_strength):
         try:
             _write_image(job.output, rgb)
             summary.images += 1
@@ -254,7 +258,8 @@ def _open_writer(path: str, fps: float, width: int, height: int) -> tuple[cv2.Vi
 
 
 def _colorize_video(
-    model: Model, job: Job, smoothing: float, progress: bool, render_size: int | None
+    model: Model, job: Job, smoothing: float, progress: bool, render_size: int | None,
+    colour_strength: float | None
 ) -> tuple[int, str]:
     """Colorizes one video; returns the number of frames written and the output's path."""
     capture = cv2.VideoCapture(job.path)
@@ -285,7 +290,7 @@ def _colorize_video(
     written = 0
     try:
         for _, rgb in model.stream(frames(), temporal_smoothing=smoothing,
-                                   render_size=render_size):
+                                   render_size=render_size, colour_strength=colour_strength):
             if writer is None:
                 writer, output = _open_writer(job.output, fps, *size)
             writer.write(np.ascontiguousarray(rgb[..., ::-1]))
@@ -313,22 +318,26 @@ def colorize_paths(
     temporal_smoothing: float = 0.0,
     progress: bool = True,
     render_size: int | None = None,
+    colour_strength: float | None = None,
 ) -> ColorizeSummary:
     """Colorizes image files, folders (recursive) and videos into ``out_dir``.
 
     Failures are collected in the summary, never raised; see the module docstring for names.
+    A bad ``temporal_smoothing`` or ``colour_strength`` raises ValueError before any work.
     """
     if not 0.0 <= temporal_smoothing <= 1.0:
         raise ValueError(f"temporal_smoothing must be in [0, 1], got {temporal_smoothing}")
+    if colour_strength is not None:
+        check_colour_strength(colour_strength)
     jobs, failures = find_jobs(inputs, out_dir)
     summary = ColorizeSummary(failures=list(failures))
     images = [j for j in jobs if j.kind == "image"]
     if images:
-        _colorize_images(model, images, summary, progress, render_size)
+        _colorize_images(model, images, summary, progress, render_size, colour_strength)
     for job in (j for j in jobs if j.kind == "video"):
         try:
             frames, output = _colorize_video(model, job, temporal_smoothing, progress,
-                                             render_size)
+                                             render_size, colour_strength)
         except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
             summary.failures.append(Failure(job.path, _reason(e, job.path)))
             continue
@@ -350,6 +359,8 @@ def _define_flags() -> None:
                          "training size); the aspect ratio is kept.", lower_bound=16)
     flags.DEFINE_float("temporal_smoothing", 0.0, "Video: weight of the previous frames' "
                        "chroma, 0 (off) to 1.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_float("colour_strength", None, "Predicted chroma times this, 0 (gray) to 2 "
+                       "(default: the strength calibrated for the checkpoint, else 1).")
     flags.DEFINE_bool("no_progress", False, "No progress bars.")
 
 
@@ -365,14 +376,20 @@ def main(argv: Sequence[str]) -> int:
     inputs = list(argv[1:])
     if not inputs:
         raise app.UsageError("give at least one input (image, folder or video)")
+    strength = FLAGS.colour_strength
+    if strength is not None:
+        check_colour_strength(strength)
     model = jaxcolor.load(FLAGS.workdir, runs.parse_step(FLAGS.step),
                           batch_size=FLAGS.batch_size)
     meta = model.metadata
+    strength = model.colour_strength if strength is None else strength
     print(f"{meta['experiment']} ({meta['task']}) step {meta['step']}, "
-          f"{model.image_size}x{model.image_size} model", file=sys.stderr)
+          f"{model.image_size}x{model.image_size} model, colour strength {strength:g}",
+          file=sys.stderr)
     summary = colorize_paths(model, inputs, FLAGS.out,
                              temporal_smoothing=FLAGS.temporal_smoothing,
-                             progress=not FLAGS.no_progress, render_size=FLAGS.render_size)
+                             progress=not FLAGS.no_progress, render_size=FLAGS.render_size,
+                             colour_strength=strength)
     print(summary.report(FLAGS.out))
     return 0 if summary.ok else 1
 

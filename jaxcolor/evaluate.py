@@ -6,6 +6,8 @@ python -m jaxcolor.evaluate --workdir runs/lab_gan [--split test] [--step latest
 python -m jaxcolor.evaluate --workdir runs/lab_gan --images /path/to/photos   # every image
 python -m jaxcolor.evaluate --workdir models/lab_gan --images /path/to/photos [--out DIR]
 python -m jaxcolor.evaluate --compare runs/lab_gan runs/pix2pix ... [--out eval_compare]
+python -m jaxcolor.evaluate --workdir runs/lab_gan --calibrate [--step N]   # fit the strength
+    [--colour_strength S]   # any of the above at this colour strength (default: calibrated)
 
 Images are listed as the trainer lists them (``data.find_splits`` with the run's ``data.dir``,
 ``val_fraction`` and seed), or, with ``--images DIR``, every image under DIR (recursive). Each is
@@ -16,6 +18,11 @@ predict_square``, the image's own L with the predicted ab (for RGB-output models
 every model and the gray baseline (the same L with ab = 0) differ only in their chroma. Metrics
 per image (``jaxcolor.evaluation.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150),
 pixel accuracy, colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
+The model is scored at its colour strength (``--colour_strength``, else the strength calibrated
+for the checkpoint, else 1.0) beside PSNR, AuC and CF over a range of strengths, per-image
+verdicts against gray and, when the run fitted them, the training photos' mean-ab baselines.
+``--calibrate`` fits the checkpoint's strength on the validation split
+(``jaxcolor.evaluation.calibration``) and records it in the run folder.
 
 An exported model (``python -m jaxcolor.export``) is scored as its run was, without the run,
 giving the run's numbers: its metadata records the task, size, step and how the run skipped
@@ -39,6 +46,7 @@ from collections.abc import Sequence
 from jaxcolor import data, runs
 from jaxcolor.cli import run_app
 from jaxcolor.evaluation import reports, scoring
+from jaxcolor.inference.predictor import check_colour_strength
 
 
 def _define_flags() -> None:
@@ -59,6 +67,10 @@ def _define_flags() -> None:
                         "./eval_<name> for an exported model; --compare: eval_compare, for the "
                         "table and plots).")
     flags.DEFINE_integer("num_samples", 6, "--compare: images in the sample grid.", lower_bound=0)
+    flags.DEFINE_float("colour_strength", None, "Score at this colour strength, 0 (gray) to 2 "
+                       "(default: the strength calibrated for the checkpoint, else 1).")
+    flags.DEFINE_bool("calibrate", False, "Fit the checkpoint's colour strength on the "
+                      "validation split and record it in the run folder.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -70,14 +82,29 @@ def main(argv: Sequence[str]) -> None:
     step = runs.parse_step(FLAGS.step)
     data_dir = FLAGS["config.data.dir"].value
     extra = list(argv[1:])
+    strength = FLAGS.colour_strength
+    if strength is not None:
+        check_colour_strength(strength)
+    if FLAGS.calibrate:
+        if not FLAGS.workdir or FLAGS.compare or extra:
+            raise app.UsageError("--calibrate takes one --workdir RUN")
+        record = scoring.calibrate_run(FLAGS.workdir, step, FLAGS.max_images, data_dir=data_dir,
+                                       batch_size=FLAGS.batch_size)
+        print(reports.strength_table(record["curve"], calibrated=record["colour_strength"]))
+        print(f"\nstep {record['step']}: colour_strength {record['colour_strength']:g} on "
+              f"{record['n']} validation images ({record['rule']}); recorded in "
+              f"{runs.calibration_path(FLAGS.workdir)}")
+        return
     if FLAGS.compare:
         workdirs = ([FLAGS.workdir] if FLAGS.workdir else []) + list(FLAGS.compare) + extra
         result = scoring.compare_runs(workdirs, FLAGS.split, step, data_dir, FLAGS.max_images,
                               out_dir=FLAGS.out, batch_size=FLAGS.batch_size,
-                              num_samples=FLAGS.num_samples, images_dir=FLAGS.images)
+                              num_samples=FLAGS.num_samples, images_dir=FLAGS.images,
+                              colour_strength=strength)
         print(f"{result['num_images']} {result['split']} images "
               f"({result['data_dir'] or 'built-in sample photos'})\n")
         print(result["table"])
+        print(f"\nPer image against gray (ab = 0):\n\n{result['verdict_table']}")
         outputs = [o for r in result["reports"] for o in r["outputs"]] + result["outputs"]
     else:
         if not FLAGS.workdir:
@@ -86,13 +113,14 @@ def main(argv: Sequence[str]) -> None:
             raise app.UsageError(f"unexpected arguments {extra} (did you mean --compare?)")
         report = scoring.evaluate_run(FLAGS.workdir, FLAGS.split, step, data_dir, FLAGS.max_images,
                               batch_size=FLAGS.batch_size, images_dir=FLAGS.images,
-                              out_dir=FLAGS.out)
+                              out_dir=FLAGS.out,
+                              colour_strength=strength)
         what = "" if report["split"] == scoring.IMAGES_SPLIT else f"{report['split']} "
         print(f"{report['experiment']} step {report['step']}: {report['num_images']} "
               f"{what}images at {report['image_size']}px "
               f"({report['data_dir'] or 'built-in sample photos'}), "
               f"{report['num_skipped']} skipped\n")
-        print(reports.report_table(report))
+        print(reports.report_text(report))
         outputs = report["outputs"]
     print("\nwrote " + ", ".join(outputs))
 

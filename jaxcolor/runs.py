@@ -5,11 +5,18 @@ A run folder (``--workdir``) holds::
     config.json                  the resolved config the trainer ran with
     checkpoints/<step>/          Orbax checkpoints (train state + data iterator position)
     checkpoints/best_step.json   {"step", "metric", "value"}: the best checkpoint so far
-    validation.jsonl             one line per validation: {"step", "model", "gray_baseline"}
+    validation.jsonl             one line per validation: {"step", "model", "gray_baseline",
+                                 "num_images", "beats_gray", "colour_strength",
+                                 "calibrated_beats_gray"} (runs before the last four lack them)
+    calibration.json             {"<step>": {"colour_strength", "rule", "split", "n", "curve"}}:
+                                 the colour strength fitted for each checkpoint step
+    baselines.json               mean ab and mean ab per L bin of the training photos
     samples/                     PNG sample grids
     eval/                        evaluation reports (<split>-<step>.json / .csv)
 
-Runs written before ``validation.jsonl`` existed (wave 1) have the same layout without it.
+Runs written before ``validation.jsonl`` existed (wave 1) have the same layout without it;
+runs written before ``calibration.json`` and ``baselines.json`` load with colour strength 1.0
+and no training-photo baselines.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_STEP_FILE = "best_step.json"
 VALIDATION_FILE = "validation.jsonl"
+CALIBRATION_FILE = "calibration.json"
+BASELINES_FILE = "baselines.json"
 SAMPLES_DIR = "samples"
 EVAL_DIR = "eval"
 
@@ -100,10 +109,25 @@ def read_best(checkpoints: str) -> dict[str, Any] | None:
 
 def write_best(checkpoints: str, record: dict[str, Any]) -> None:
     """Records the best checkpoint atomically."""
-    path = best_step_path(checkpoints)
+    _write_json(best_step_path(checkpoints), record)
+
+
+def _write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as JSON atomically: a reader sees the old file or the new one."""
     with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
+        json.dump(value, f)
     os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str) -> Any:
+    """A JSON file's value, or None when the file does not exist; ValueError naming it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def default_step(workdir: str) -> Step:
@@ -148,9 +172,10 @@ def parse_step(text: str | None) -> Step:
 
 
 def append_validation(workdir: str, step: int, model: dict[str, float],
-                      gray_baseline: dict[str, float]) -> None:
-    """Appends one validation record (mean metrics of the model and of the gray baseline)."""
-    record = {"step": int(step), "model": model, "gray_baseline": gray_baseline}
+                      gray_baseline: dict[str, float], **extra: Any) -> None:
+    """Appends one validation record (mean metrics of the model and of the gray baseline, and
+    any ``extra`` fields)."""
+    record = {"step": int(step), "model": model, "gray_baseline": gray_baseline, **extra}
     with open(os.path.join(workdir, VALIDATION_FILE), "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -170,3 +195,32 @@ def read_validation(workdir: str, step: int) -> dict[str, dict[str, float]] | No
             if record.get("step") == step:
                 found = {"model": record["model"], "gray_baseline": record["gray_baseline"]}
     return found
+
+
+def calibration_path(workdir: str) -> str:
+    """``<workdir>/calibration.json``."""
+    return os.path.join(workdir, CALIBRATION_FILE)
+
+
+def read_calibration(workdir: str, step: int) -> dict[str, Any] | None:
+    """The colour-strength calibration recorded for checkpoint ``step``, or None."""
+    records = _read_json(calibration_path(workdir)) or {}
+    return records.get(str(int(step)))
+
+
+def write_calibration(workdir: str, step: int, record: dict[str, Any]) -> None:
+    """Records (or replaces) the calibration of checkpoint ``step``, atomically."""
+    path = calibration_path(workdir)
+    records = _read_json(path) or {}
+    records[str(int(step))] = record
+    _write_json(path, dict(sorted(records.items(), key=lambda item: int(item[0]))))
+
+
+def read_baselines(workdir: str) -> dict[str, Any] | None:
+    """The baselines fitted on the run's training photos, or None (runs from before them)."""
+    return _read_json(os.path.join(workdir, BASELINES_FILE))
+
+
+def write_baselines(workdir: str, baselines: dict[str, Any]) -> None:
+    """Records the training-photo baselines atomically."""
+    _write_json(os.path.join(workdir, BASELINES_FILE), baselines)

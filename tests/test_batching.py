@@ -15,9 +15,11 @@ class _FakeModel:
 
     def __init__(self):
         self.calls: list[int] = []
+        self.strengths: list[float | None] = []
 
-    def colorize_many(self, images, *, render_size=None):
+    def colorize_many(self, images, *, render_size=None, colour_strength=None):
         self.calls.append(len(images))
+        self.strengths.append(colour_strength)
         if any(image.flat[0] == 255 for image in images):
             raise ValueError("refused")
         return [image + 1 for image in images]
@@ -36,3 +38,15 @@ def test_batcher_fills_batches_and_isolates_a_failure():
             np.testing.assert_array_equal(future.result(10), image + 1)
     batcher.close()
     assert model.calls == [4, 1, 1, 1, 1]  # one full batch, then each image alone
+
+
+def test_batcher_groups_by_colour_strength():
+    model = _FakeModel()
+    batcher = Batcher(model, max_delay_s=5.0)
+    image = np.zeros((2, 2, 3), np.uint8)
+    futures = [batcher.submit(image, None, s) for s in (0.5, None, 0.5, 0.0)]
+    for future in futures:
+        future.result(10)
+    batcher.close()
+    # One full batch of 4 jobs, one colorize_many per strength: the default first.
+    assert model.calls == [1, 1, 2] and model.strengths == [None, 0.0, 0.5]

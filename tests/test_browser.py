@@ -66,6 +66,18 @@ def test_page_colorizes_an_upload(tmp_path_factory, tmp_path, browser):
             assert name in model_box  # the page shows the same numbers as /api/health
         assert browser.find_element(By.ID, "render-size").get_attribute("value") == str(
             health["image_size"])
+        # The colour strength slider starts at the model's default; its value reaches the API.
+        slider = browser.find_element(By.ID, "colour-strength")
+        assert float(slider.get_attribute("value")) == health["colour_strength"]
+        assert float(slider.get_attribute("max")) == health["max_colour_strength"]
+        browser.execute_script("""
+            window.sent = [];
+            const original = window.fetch;
+            window.fetch = (url, options) => { window.sent.push(String(url));
+                                                return original(url, options); };
+            arguments[0].value = 0.25;
+            arguments[0].dispatchEvent(new Event("input"));""", slider)
+        assert browser.find_element(By.ID, "colour-strength-value").text == "0.25"
 
         browser.find_element(By.ID, "files").send_keys(f"{good}\n{bad}")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 2 and not
@@ -89,6 +101,14 @@ def test_page_colorizes_an_upload(tmp_path_factory, tmp_path, browser):
         assert "notes.jpg" in message and "not a decodable image" in message
         assert "Traceback" not in browser.page_source
         assert browser.find_element(By.ID, "progress-text").text == "2 of 2 done"
+        sent = browser.execute_script("return window.sent")
+        assert len(sent) == 2 and all("colour_strength=0.25" in url for url in sent), sent
+        # Moving the slider repaints what is done, at the new strength.
+        browser.execute_script("""arguments[0].value = 0;
+            arguments[0].dispatchEvent(new Event("change"));""", slider)
+        wait.until(lambda d: d.find_element(By.ID, "progress-text").text == "3 of 3 done")
+        sent = browser.execute_script("return window.sent")
+        assert len(sent) == 3 and "colour_strength=0&" in sent[-1] + "&", sent
 
         Select(browser.find_element(By.ID, "view")).select_by_value("slider")
         assert done.find_element(By.CLASS_NAME, "compare").is_displayed()

@@ -15,7 +15,7 @@ import pytest
 from conftest import synthetic_photo, tiny_run, write_photos
 
 from jaxcolor import data, runs
-from jaxcolor.evaluation import metrics, reports, scoring
+from jaxcolor.evaluation import calibration, metrics, reports, scoring
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,14 @@ def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
     n = report["num_images"]
     assert n >= 1 and report["step"] == 3 and report["image_size"] == 32
     stem = os.path.join(lab_run, "eval", "test-3")
-    assert report["outputs"] == [stem + ".json", stem + ".csv"]
+    assert report["outputs"] == [stem + ".json", stem + ".csv", stem + "-strength.png"]
+    assert cv2.imread(stem + "-strength.png").shape == (680, 760, 3)
 
     with open(stem + ".json") as f:
         saved = json.load(f)
-    assert set(saved["metrics"]) == {"model", "gray_baseline"}
+    # The run fitted the training-photo baselines: scored beside gray.
+    predictions = {"model", "gray_baseline", "mean_ab", "mean_ab_by_l"}
+    assert set(saved["metrics"]) == predictions
     for row in saved["metrics"].values():
         assert set(row) == {key for key, _, _ in reports.COLUMNS}
         assert all(v["n"] == n for v in row.values())
@@ -50,8 +53,8 @@ def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
 
     with open(stem + ".csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * n
-    assert {r["prediction"] for r in rows} == {"model", "gray_baseline"}
+    assert len(rows) == 4 * n
+    assert {r["prediction"] for r in rows} == predictions
 
     # The gray row is the ab = 0 prediction on the same images, at the model's resolution.
     maker = data.ExampleMaker(32)
@@ -62,8 +65,12 @@ def test_evaluate_run_writes_json_and_csv_with_gray_row(lab_run):
                                                                                abs=1e-3)
     assert saved["metrics"]["gray_baseline"]["cf"]["mean"] < 0.5
 
-    table = reports.report_table(report)
-    assert "| gray (ab = 0) |" in table and f"{os.path.basename(lab_run)} @ 3" in table
+    table = reports.report_table(report).splitlines()
+    assert table[0].startswith("| prediction | n | PSNR (dB) ↑ |")
+    assert table[2].startswith(f"| {os.path.basename(lab_run)} @ 3 |")  # the model row first
+    assert table[3].startswith("| gray (ab = 0) |")
+    assert [line.split(" |")[0] for line in table[4:]] == [
+        "| mean ab (training photos)", "| mean ab by L (training photos)"]
 
 
 def test_cli_other_data_dir_step_and_limit(lab_run, tmp_path):
@@ -106,7 +113,14 @@ def test_cli_compare_two_runs(lab_run, pix2pix_run, tmp_path):
     for label in (f"{os.path.basename(lab_run)} @ 3", f"{os.path.basename(pix2pix_run)} @ 1",
                   "gray (ab = 0) @ 32px", "gray (ab = 0) @ 64px"):
         assert f"| {label} |" in result.stdout
-    assert (out / "compare-test.md").read_text().count("\n|") == 6  # header, rule, 4 rows
+    # Metrics: header, rule, 4 rows; per image against gray: header, rule, a row per run.
+    assert (out / "compare-test.md").read_text().count("\n|") == 6 + 4
+    for summary in saved["runs"]:
+        verdicts = summary["verdicts"]
+        assert set(verdicts) == {"psnr", "ssim", "auc", "pixel_acc", "dcf"}
+        assert all(0 <= v["beats"] <= n == v["n"] for v in verdicts.values())
+        assert f"| {summary['label']} | {n} |" in result.stdout
+    assert "| vs gray (ab = 0), per image | n | PSNR (dB) - gray | beats gray |" in result.stdout
 
     plot = cv2.imread(str(out / "acc_curves-test.png"))
     assert plot is not None and plot.shape == (500, 760, 3)
@@ -129,16 +143,26 @@ def test_markdown_table_formats_mean_and_interval():
 
 
 def test_trainer_validation_equals_evaluate(lab_run):
-    """The trainer's logged val/<metric> is evaluate's number on the same files and step."""
+    """The trainer's logged val/<metric> is evaluate's number at colour strength 1 on the same
+    files and step."""
     config = runs.read_config(lab_run)
     logged = runs.read_validation(lab_run, 3)
     assert logged is not None
-    report = scoring.evaluate_run(lab_run, "validation", step=3,
+    report = scoring.evaluate_run(lab_run, "validation", step=3, colour_strength=1.0,
                                    max_images=config.data.num_val_images, write=False)
     assert report["num_images"] == config.data.num_val_images
     for name in ("model", "gray_baseline"):
         for key, value in logged[name].items():
             assert report["metrics"][name][key]["mean"] == pytest.approx(value, abs=1e-5), key
+    # The validation log's per-image verdicts and the colour strength it fitted are evaluate's.
+    with open(os.path.join(lab_run, runs.VALIDATION_FILE)) as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["beats_gray"] == {k: v["beats"] for k, v in report["verdicts"].items()}
+    stored = runs.read_calibration(lab_run, 3)
+    assert stored["colour_strength"] == last["colour_strength"]
+    assert stored["colour_strength"] == calibration.fit(report["strength_curve"])
+    np.testing.assert_allclose(stored["curve"]["psnr"], report["strength_curve"]["psnr"],
+                               atol=1e-9)
 
 
 def test_images_scores_every_file_recursively(lab_run, tmp_path):
@@ -153,9 +177,12 @@ def test_images_scores_every_file_recursively(lab_run, tmp_path):
         saved = json.load(f)
     assert saved["num_images"] == 9 and saved["split"] == "images"
     assert saved["metrics"]["model"]["auc"]["n"] == 9
-    # The printed table's n column counts the images scored.
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
-    assert rows and all(line.split("|")[2].strip() == "9" for line in rows)
+    # The printed metrics table's n column counts the images scored.
+    lines = result.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| prediction | n |"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = lines[first + 2 : end]
+    assert len(rows) == 4 and all(line.split("|")[2].strip() == "9" for line in rows)
 
 
 def test_test_only_folder_is_the_test_split(lab_run, tmp_path):

@@ -57,6 +57,10 @@ def test_metadata_describes_the_model(lab_run, exported):
     assert meta["jax_version"] and meta["serialization"]["format"] == "jax.export"
     recorded = runs.read_validation(lab_run, 3)
     assert meta["metrics"] == recorded and set(meta["metrics"]) == {"model", "gray_baseline"}
+    # The step's calibrated colour strength is the export's default; the baselines travel.
+    calibrated = runs.read_calibration(lab_run, 3)
+    assert meta["colour_strength"] == calibrated["colour_strength"]
+    assert meta["calibration"] == calibrated and meta["baselines"] == runs.read_baselines(lab_run)
     # Symbolic shapes: one program for every batch and size the generator allows.
     assert meta["input_shape"] == "(b, 4*h, 4*w, 1) float32"
 

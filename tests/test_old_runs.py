@@ -38,16 +38,19 @@ def test_old_run_loads_evaluates_colorizes_and_exports(old_run, tmp_path):
     model = jaxcolor.load(run, step="best")
     assert model.metadata["step"] == 2 and model.metadata["metrics"] is None
     assert model.metadata["task"] == "lab" and model.image_size == 32
+    assert model.colour_strength == 1.0 and model.metadata["calibration"] is None
     image = synthetic_photo(9, 40, 50)
     out = model.colorize(image)
     assert out.shape == image.shape and out.dtype == np.uint8
 
     report = scoring.evaluate_run(run, "test", data_dir=photos, write=False)
     assert report["step"] == 2 and report["num_images"] >= 1
+    assert set(report["metrics"]) == {"model", "gray_baseline"}  # no training baselines
+    assert report["colour_strength"] == 1.0 and report["calibrated_colour_strength"] is None
 
     exported = str(tmp_path / "exported")
     meta = export_lib.export_run(run, exported, platforms=("cpu",))
-    assert meta["step"] == 2  # the recorded best
+    assert meta["step"] == 2 and meta["colour_strength"] == 1.0  # the recorded best
     np.testing.assert_array_equal(jaxcolor.load(exported).colorize(image), out)
 
 

@@ -6,6 +6,8 @@ import io
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -116,6 +118,39 @@ def test_render_size_and_bad_parameters(server):
         r = post(server, photo, **params)
         assert r.status_code == 400, (params, r.text)
         assert words in r.json()["detail"]
+
+
+def test_colour_strength_matches_the_cli_and_bad_values_are_400(server, tmp_path_factory,
+                                                                 tmp_path):
+    photo = synthetic_photo(11, 36, 52)
+    assert server.health()["colour_strength"] == 1.0  # a run without calibration
+    r = post(server, encode(photo), colour_strength=0.5)
+    assert r.status_code == 200, r.text
+    api = decode(r.content)
+    source = tmp_path / "photo.png"
+    assert cv2.imwrite(str(source), photo[..., ::-1])
+    run = tiny_run(tmp_path_factory, "lab_gan", trained=False)  # the server's model
+    cli = subprocess.run([sys.executable, "-m", "jaxcolor.colorize", f"--workdir={run}",
+                          f"--out={tmp_path / 'out'}", "--colour_strength=0.5", "--no_progress",
+                          str(source)], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "colour strength 0.5" in cli.stderr
+    written = cv2.imread(str(tmp_path / "out" / "photo.png"))[..., ::-1]
+    assert np.abs(written.astype(int) - api.astype(int)).max() <= 1  # within 1/255
+    assert not np.array_equal(api, decode(post(server, encode(photo)).content))
+
+    gray = decode(post(server, encode(photo), colour_strength=0).content).astype(int)
+    assert np.abs(gray - gray[..., :1]).max() <= 1  # R = G = B up to 8-bit rounding
+    for bad in ("-0.5", "2.5", "nan", "inf", "strong"):
+        r = post(server, encode(photo), colour_strength=bad)
+        assert r.status_code == 400, (bad, r.text)
+        assert "colour_strength" in r.json()["detail"]
+    assert post(server, encode(photo), colour_strength=2).status_code == 200  # still serving
+
+    cli = subprocess.run([sys.executable, "-m", "jaxcolor.colorize", f"--workdir={run}",
+                          f"--out={tmp_path / 'out'}", "--colour_strength=nan", str(source)],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "colour_strength must be a finite number" in cli.stderr
 
 
 def test_bad_uploads_are_400_in_words(server):

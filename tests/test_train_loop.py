@@ -165,6 +165,12 @@ def test_cli_run_writes_checkpoint_events_and_samples(experiment, photo_dir, tmp
     assert glob.glob(str(workdir / "events.out.tfevents.*"))
     assert glob.glob(str(workdir / "samples" / "val_samples_0000003.png"))
     assert os.path.isfile(workdir / "config.json")
+    # Each validation says on how many images the model beats gray, and fits the strength.
+    assert re.search(r"validation at step 3: beats gray on \d/2 \(PSNR\), \d/2 \(AuC\); at "
+                     r"the calibrated colour_strength [\d.]+: \d/2", out), out
+    assert set(_scalars(workdir, "val/beats_gray_auc")) == {3}
+    assert json.loads((workdir / "calibration.json").read_text())["3"]["n"] == 2
+    assert json.loads((workdir / "baselines.json").read_text())["images"] >= 1
 
 
 def test_cli_unknown_key_fails_before_work(tmp_path):
@@ -207,6 +213,9 @@ def test_sigterm_saves_a_checkpoint_that_resumes(photo_dir, tmp_path):
     stopped = int(output.split("stopped at step ")[1].split(",")[0])
     assert stopped >= 2
     assert os.path.isdir(workdir / "checkpoints" / str(stopped))
+    # Stopped between validations: the saved step gets its colour strength all the same.
+    calibrated = json.loads((workdir / "calibration.json").read_text())
+    assert list(calibrated) == [str(stopped)]
 
     resumed = _cli(flags[:-2] + ["--config.train.num_steps=" + str(stopped + 1)], workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -81,7 +81,7 @@ def export_run(workdir: str, out_dir: str, step: Step = "default",
     metadata = {
         "format_version": artifact.FORMAT_VERSION,
         **{k: info[k] for k in ("task", "experiment", "generator", "image_size", "step",
-                                "metrics")},
+                                "metrics", *artifact.EXTRA_KEYS)},
         "size_multiple": multiple,
         "cond_channels": task.cond_channels,
         "output_channels": task.target_channels,

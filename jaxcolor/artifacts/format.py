@@ -4,6 +4,8 @@ An exported model (``python -m jaxcolor.export``) is a folder holding::
 
     jaxcolor_model.json   metadata: task, pre/post-processing, sizes, step, metrics, versions,
                           how the run was evaluated (``evaluation``; older exports lack it)
+                          the default colour strength (``colour_strength``, calibrated for the
+                          step) and the training-photo baselines
     generator.jaxexport   the generator in inference mode, serialised with ``jax.export``
                           (StableHLO), called as ``f(weights, cond) -> output``
     weights.npz           the generator's parameters and BatchNorm statistics, keyed by path
@@ -29,6 +31,8 @@ PROGRAM_FILE = "generator.jaxexport"
 WEIGHTS_FILE = "weights.npz"
 FORMAT_VERSION = 1
 _SEP = "/"
+# Metadata a run's step carries into its export (see ``inference.loading.run_metadata``).
+EXTRA_KEYS = ("colour_strength", "calibration", "baselines")
 
 
 def is_export(path: str) -> bool:
@@ -91,6 +95,9 @@ def load_export(path: str, *, batch_size: int = 8) -> Model:
         weights = unflatten_weights({k: npz[k] for k in npz.files})
     info = {k: metadata[k] for k in ("task", "experiment", "generator", "image_size", "step",
                                      "metrics")}
+    # Exports from before colour strength and baselines: strength 1.0, no baselines.
+    info.update({k: metadata.get(k) for k in EXTRA_KEYS},
+                colour_strength=metadata.get("colour_strength", 1.0))
     info.update(source="export", path=os.path.abspath(path))
     return make_model(metadata["task"], lambda w, cond: exported.call(w, cond), weights,
                       image_size=metadata["image_size"], multiple=metadata["size_multiple"],

@@ -20,7 +20,7 @@ already scores high on several of these metrics (AuC around 90% on ImageNet).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -98,11 +98,9 @@ def ssim(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> np.ndarray:
 
 def _ab_error(pred_lab: np.ndarray, true_lab: np.ndarray) -> np.ndarray:
     """Euclidean ab error per pixel, shape (N, H*W), float64."""
-    pred = np.asarray(pred_lab, np.float64)
-    true = np.asarray(true_lab, np.float64)
-    _check_batch(pred, true)
-    diff = pred[..., 1:] - true[..., 1:]
-    return np.sqrt(np.sum(diff**2, axis=-1)).reshape(pred.shape[0], -1)
+    _check_batch(np.asarray(pred_lab), np.asarray(true_lab))
+    diff = np.asarray(pred_lab[..., 1:], np.float64) - np.asarray(true_lab[..., 1:], np.float64)
+    return np.sqrt(np.sum(diff**2, axis=-1)).reshape(diff.shape[0], -1)
 
 
 def ab_accuracy_curve(
@@ -110,10 +108,18 @@ def ab_accuracy_curve(
 ) -> np.ndarray:
     """Fraction of pixels with ab error <= t, for each threshold t; shape (N, T), in [0, 1]."""
     thresholds = np.asarray(thresholds, np.float64)
-    err = np.sort(_ab_error(pred_lab, true_lab), axis=-1)
-    # Sorted errors + searchsorted: O(P log P) per image and no (N, P, T) boolean temporary.
-    # side="right" counts errors equal to t as within it (the <= of the definition).
-    counts = np.stack([np.searchsorted(e, thresholds, side="right") for e in err])
+    if np.any(np.diff(thresholds) < 0):
+        raise ValueError("thresholds must be in ascending order")
+    err = _ab_error(pred_lab, true_lab)
+    # Each error's first threshold t_k >= err (side="left": an error equal to t is within it,
+    # the <= of the definition) counts it for every t_j, j >= k: a histogram over the thresholds
+    # and its running sum, O(P log T) per image, no sort and no (N, P, T) boolean temporary.
+    size = len(thresholds)
+    if np.array_equal(thresholds, np.arange(size)):  # t = 0, 1, 2, ...: the index is ceil(err)
+        first = np.minimum(np.ceil(err), size).astype(np.int64)
+    else:
+        first = np.searchsorted(thresholds, err, side="left")
+    counts = np.stack([np.cumsum(np.bincount(f, minlength=size + 1))[:size] for f in first])
     return counts / err.shape[-1]
 
 
@@ -194,8 +200,14 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]
     return mean, float(stats.t.ppf(0.5 * (1.0 + confidence), n - 1) * sem)
 
 
-def image_metrics(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> dict[str, np.ndarray]:
-    """All per-image metrics of a batch, each of shape (N,).
+METRIC_KEYS = ("psnr", "ssim", "auc", "pixel_acc", "cf", "cf_true", "dcf")
+# Metrics on which a prediction can beat another, and which way is better (cf has no better).
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "auc": True, "pixel_acc": True, "dcf": False}
+
+
+def image_metrics(pred_rgb: np.ndarray, true_rgb: np.ndarray,
+                  keys: Sequence[str] = METRIC_KEYS) -> dict[str, np.ndarray]:
+    """Per-image metrics of a batch, each of shape (N,); only ``keys`` are computed.
 
     Keys: psnr (dB), ssim, auc (%), pixel_acc (%), cf (colourfulness of the prediction),
     cf_true (of the ground truth), dcf = |cf - cf_true|.
@@ -203,19 +215,52 @@ def image_metrics(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> dict[str, np.nd
     pred = np.clip(np.asarray(pred_rgb, np.float32), 0.0, 1.0)
     true = np.clip(np.asarray(true_rgb, np.float32), 0.0, 1.0)
     _check_batch(pred, true)
-    pred_lab = colour.rgb_to_lab(pred)
-    true_lab = colour.rgb_to_lab(true)
-    cf = colourfulness(pred)
-    cf_true = colourfulness(true)
-    return {
-        "psnr": psnr(pred, true),
-        "ssim": ssim(pred, true),
-        "auc": ab_error_auc(pred_lab, true_lab),
-        "pixel_acc": pixel_accuracy(pred_lab, true_lab),
-        "cf": cf,
-        "cf_true": cf_true,
-        "dcf": np.abs(cf - cf_true),
-    }
+    if unknown := set(keys) - set(METRIC_KEYS):
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRIC_KEYS}")
+    out = {}
+    if "psnr" in keys:
+        out["psnr"] = psnr(pred, true)
+    if "ssim" in keys:
+        out["ssim"] = ssim(pred, true)
+    if {"auc", "pixel_acc"} & set(keys):
+        pred_lab, true_lab = colour.rgb_to_lab(pred), colour.rgb_to_lab(true)
+        if "auc" in keys:
+            out["auc"] = ab_error_auc(pred_lab, true_lab)
+        if "pixel_acc" in keys:
+            out["pixel_acc"] = pixel_accuracy(pred_lab, true_lab)
+    if {"cf", "dcf"} & set(keys):
+        out["cf"] = colourfulness(pred)
+    if {"cf_true", "dcf"} & set(keys):
+        out["cf_true"] = colourfulness(true)
+    if "dcf" in keys:
+        out["dcf"] = np.abs(out["cf"] - out["cf_true"])
+    return {key: out[key] for key in METRIC_KEYS if key in keys}
+
+
+def beats(values: np.ndarray, baseline: np.ndarray, metric: str) -> np.ndarray:
+    """Per image, whether ``values`` are strictly better than ``baseline``'s on ``metric``."""
+    values, baseline = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
+    return values > baseline if HIGHER_IS_BETTER[metric] else values < baseline
+
+
+def verdicts(per_image: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]
+             ) -> dict[str, dict[str, float]]:
+    """Paired per-image comparison with a baseline on the same images, per metric with a
+    better direction (``HIGHER_IS_BETTER``): ``mean_diff`` (mean of value - baseline) and
+    ``ci95`` (its Student-t half width, see ``mean_ci``), ``n``, ``beats`` (images on which
+    the prediction is strictly better) and ``share_beating_gray`` (beats / n)."""
+    out = {}
+    for metric in HIGHER_IS_BETTER:
+        if metric not in per_image:
+            continue
+        values = np.asarray(per_image[metric], np.float64)
+        base = np.asarray(baseline[metric], np.float64)
+        with np.errstate(invalid="ignore"):  # inf - inf (two perfect images) is nan
+            mean, half = mean_ci(values - base)
+        won = int(np.count_nonzero(beats(values, base, metric)))
+        out[metric] = {"mean_diff": mean, "ci95": half, "n": int(values.size), "beats": won,
+                       "share_beating_gray": won / values.size if values.size else float("nan")}
+    return out
 
 
 def summarize(per_image: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:

@@ -16,6 +16,12 @@ metadata records the task, size, step and how the run skipped images (older expo
 defaults). It does not record its training data folder, so it needs ``--images DIR`` or
 ``--config.data.dir=DIR`` (split with the run's ``val_fraction`` and seed).
 
+The model is scored at its colour strength (the strength calibrated for the checkpoint, else
+1.0, or ``colour_strength``), beside PSNR, AuC and CF over a range of strengths
+(``calibration.STRENGTHS``, rescaled on the host from the same prediction), per-image verdicts
+against gray (``metrics.verdicts``) and, when the run recorded them, the baselines fitted on its
+training photos (``baselines``).
+
 Report files (``jaxcolor.evaluation.reports``): ``<split>-<step>.json`` and ``.csv``
 (``images-<step>`` for ``--images``) in ``--out``, by default ``<run>/eval`` for a run and
 ``eval_<name>`` in the current directory for an exported model (which may be read-only); and a
@@ -39,7 +45,7 @@ import numpy as np
 
 from jaxcolor import colour, data, runs
 from jaxcolor.artifacts import format as artifact
-from jaxcolor.evaluation import metrics, reports
+from jaxcolor.evaluation import baselines, calibration, metrics, reports
 from jaxcolor.evaluation.reports import GRAY, GRAY_LABEL, MODEL, THRESHOLDS
 from jaxcolor.runs import Step
 
@@ -78,15 +84,17 @@ def ground_truth(files: Sequence[str], image_size: int, skip_grayscale: bool,
                     return
 
 
-def measure(pred: np.ndarray, truth: np.ndarray
+def measure(pred: np.ndarray, truth: np.ndarray, others: dict[str, np.ndarray] | None = None
             ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Per-image metrics and acc(t) curves of a prediction and of the gray baseline.
+    """Per-image metrics and acc(t) curves of a prediction, of the gray baseline and of the
+    ``others`` predictions (name -> RGB like ``pred``).
 
-    Returns ({MODEL, GRAY} -> metric -> (N,), {MODEL, GRAY} -> (N, len(THRESHOLDS))).
+    Returns ({MODEL, GRAY, *others} -> metric -> (N,), {...} -> (N, len(THRESHOLDS))).
     """
     true_lab = colour.rgb_to_lab(truth)
     per_image, curves = {}, {}
-    for name, rgb in ((MODEL, pred), (GRAY, metrics.gray_baseline(truth))):
+    predictions = {MODEL: pred, GRAY: metrics.gray_baseline(truth), **(others or {})}
+    for name, rgb in predictions.items():
         per_image[name] = metrics.image_metrics(rgb, truth)
         curves[name] = metrics.ab_accuracy_curve(colour.rgb_to_lab(rgb), true_lab, THRESHOLDS)
     return per_image, curves
@@ -175,6 +183,7 @@ def evaluate_run(
     num_samples: int = 0,
     write: bool = True,
     out_dir: str | None = None,
+    colour_strength: float | None = None,
 ) -> dict[str, Any]:
     """Evaluates the run or exported model in ``workdir`` and its gray baseline on one split
     (or folder).
@@ -191,17 +200,26 @@ def evaluate_run(
       files: evaluate exactly these files (``split`` and ``data_dir`` then only label the report).
       images_dir: evaluate every image under this folder (recursive); the split is "images".
       num_samples: keep the first images' (truth, prediction) under ``"samples"``.
-      write: write ``<split>-<step>.json`` and ``.csv`` (see ``report_stem``).
+      write: write ``<split>-<step>.json`` and ``.csv`` and the strength plot (see
+        ``report_stem``).
       out_dir: the folder they go to (default: see ``report_stem``).
+      colour_strength: score the model at this colour strength (default: the model's, i.e. the
+        strength calibrated for the checkpoint, else 1.0).
 
     Returns:
-      The report: ``metrics`` ({"model", "gray_baseline"} -> metric -> {"mean", "ci95", "n"}),
-      ``acc_curve``, ``files``, ``skipped``, run facts; and, not in the JSON file,
-      ``per_image`` and ``curves`` (NumPy arrays per image) and ``samples``.
+      The report: ``metrics`` ({"model", "gray_baseline", and "mean_ab", "mean_ab_by_l" when
+      the run fitted them} -> metric -> {"mean", "ci95", "n"}), ``colour_strength`` (scored
+      at), ``verdicts`` (model vs gray per image, ``metrics.verdicts``), ``strength_curve``
+      (``calibration.summarize_curve``), ``acc_curve``, ``files``, ``skipped``, run facts; and,
+      not in the JSON file, ``per_image`` and ``curves`` (NumPy arrays per image) and
+      ``samples``.
     """
     from jaxcolor.inference.loading import load
+    from jaxcolor.inference.predictor import check_colour_strength, render_square
 
     config = scored_config(workdir)
+    if colour_strength is not None:
+        check_colour_strength(colour_strength)
     if images_dir is not None:
         files, source, split = folder_files(images_dir), images_dir, IMAGES_SPLIT
     elif files is None:
@@ -209,11 +227,15 @@ def evaluate_run(
     else:
         source = data_dir if data_dir is not None else config.data.dir
     model = load(workdir, step, batch_size=batch_size or config.train.batch_size)
+    strength = model.colour_strength if colour_strength is None else colour_strength
+    fitted = model.metadata.get("baselines")
 
     skipped: list[str] = []
     evaluated: list[str] = []
-    per_image = {MODEL: collections.defaultdict(list), GRAY: collections.defaultdict(list)}
-    curves: dict[str, list[np.ndarray]] = {MODEL: [], GRAY: []}
+    names = (MODEL, GRAY, *(baselines.KINDS if fitted else ()))
+    per_image = {name: collections.defaultdict(list) for name in names}
+    curves: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    by_strength = collections.defaultdict(list)
     samples = {}
     examples = ground_truth(list(files), model.image_size, config.data.skip_grayscale,
                             max_images, skipped, config.data.max_pixels)
@@ -221,12 +243,16 @@ def evaluate_run(
 
     def score(batch: list[tuple[str, np.ndarray]]) -> None:
         truth = np.stack([t for _, t in batch])
-        pred, _ = model.predict_square(truth)
-        values, batch_curves = measure(pred, truth)
-        for name in (MODEL, GRAY):
+        ab, _ = model.predict_chroma(truth)
+        pred = render_square(truth, ab, strength)
+        values, batch_curves = measure(pred, truth,
+                                       baselines.predict(fitted, truth) if fitted else None)
+        for name in names:
             for key, v in values[name].items():
                 per_image[name][key].append(v)
             curves[name].append(batch_curves[name])
+        for key, v in calibration.curve_values(truth, ab).items():
+            by_strength[key].append(v)
         for i, (path, _) in enumerate(batch):
             if len(samples) < num_samples:
                 samples[path] = (truth[i], pred[i])
@@ -247,6 +273,7 @@ def evaluate_run(
                         for name, values in per_image.items()}
     curve_arrays = {name: np.concatenate(c) for name, c in curves.items()}
     step_done = model.metadata["step"]
+    calibrated = model.metadata.get("calibration")
     report = {
         "workdir": os.path.abspath(workdir),
         "source": model.metadata["source"],
@@ -261,6 +288,12 @@ def evaluate_run(
         "num_skipped": len(skipped),
         "skipped": skipped,
         "metrics": {name: metrics.summarize(v) for name, v in per_image_arrays.items()},
+        "colour_strength": strength,
+        "calibrated_colour_strength": calibrated["colour_strength"] if calibrated else None,
+        "verdicts": metrics.verdicts(per_image_arrays[MODEL], per_image_arrays[GRAY]),
+        "strength_curve": calibration.summarize_curve(
+            {k: np.concatenate(v, axis=1) for k, v in by_strength.items()},
+            per_image_arrays[GRAY]),
         "acc_curve": {"thresholds": THRESHOLDS.tolist(),
                       **{name: c.mean(axis=0).tolist() for name, c in curve_arrays.items()}},
         "files": evaluated,
@@ -295,14 +328,16 @@ def compare_runs(
     batch_size: int | None = None,
     num_samples: int = 6,
     images_dir: str | None = None,
+    colour_strength: float | None = None,
 ) -> dict[str, Any]:
     """Evaluates several runs (or exported models) on the same images; writes a table, a curve
     plot and a grid into ``out_dir`` (default ``eval_compare``).
 
     The file list is the first run's split (or ``data_dir``'s, or every image under
-    ``images_dir``); each run is evaluated at its own resolution and writes its own report; the
-    comparison covers the images every run used. Returns {"table", "runs" (per-run summaries over
-    the common images), "outputs", ...}.
+    ``images_dir``); each run is evaluated at its own resolution and colour strength (its
+    calibrated one unless ``colour_strength`` is given) and writes its own report; the
+    comparison covers the images every run used. Returns {"table", "verdict_table" (per image
+    against gray), "runs" (per-run summaries over the common images), "outputs", ...}.
     """
     from jaxcolor.inference.inputs import resize
 
@@ -326,7 +361,7 @@ def compare_runs(
 
     results = [
         evaluate_run(w, split, step, source, max_images, batch_size=batch_size, files=files,
-                     num_samples=num_samples)
+                     num_samples=num_samples, colour_strength=colour_strength)
         for w in workdirs
     ]
     common_set = set.intersection(*(set(r["files"]) for r in results))
@@ -340,15 +375,19 @@ def compare_runs(
     labels = [reports.run_label(r) for r in results]
     if len(set(labels)) < len(labels):  # same folder names: fall back to the given paths
         labels = [f"{w} @ {r['step']}" for w, r in zip(workdirs, results, strict=True)]
-    rows, summaries, plotted, gray_rows = [], [], [], {}
+    rows, summaries, plotted, gray_rows, verdict_rows = [], [], [], {}, []
     for i, (label, report) in enumerate(zip(labels, results, strict=True)):
         per_image, curves = _subset(report, common)
         summary = metrics.summarize(per_image[MODEL])
+        verdicts = metrics.verdicts(per_image[MODEL], per_image[GRAY])
         rows.append((label, summary))
+        verdict_rows.append((label, verdicts))
         plotted.append((label, curves[MODEL].mean(axis=0),
                         reports.PALETTE[i % len(reports.PALETTE)], False))
         summaries.append({"label": label, "workdir": report["workdir"], "step": report["step"],
-                          "image_size": report["image_size"], "metrics": summary,
+                          "image_size": report["image_size"],
+                          "colour_strength": report["colour_strength"], "metrics": summary,
+                          "verdicts": verdicts,
                           "acc_curve": curves[MODEL].mean(axis=0).tolist()})
         # The gray baseline depends only on the images and the resolution.
         gray_rows.setdefault(report["image_size"], (per_image[GRAY], curves[GRAY]))
@@ -360,7 +399,8 @@ def compare_runs(
               "runs": summaries,
               "gray_baseline": {str(size): metrics.summarize(p) for size, (p, _) in
                                 gray_rows.items()},
-              "table": reports.markdown_table(rows)}
+              "table": reports.markdown_table(rows),
+              "verdict_table": reports.verdict_table(verdict_rows)}
 
     grid_rows = []
     shown = [f for f in common if all(f in r["samples"] for r in results)]
@@ -377,3 +417,16 @@ def compare_runs(
         ["gray input", *labels, "ground truth"])
     result["reports"] = results
     return result
+
+
+def calibrate_run(workdir: str, step: Step = None, max_images: int | None = None, *,
+                  data_dir: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Fits the colour strength of ``workdir``'s checkpoint ``step`` on its validation split
+    (``calibration.RULE``; every usable validation image, or the first ``max_images``) and
+    records it in the run folder (``runs.write_calibration``): from then on it is the default
+    strength of that step everywhere. Returns the record with its ``step``."""
+    report = evaluate_run(workdir, "validation", step, data_dir, max_images,
+                          batch_size=batch_size, write=False)
+    record = calibration.record(report["strength_curve"], "validation", "evaluate --calibrate")
+    runs.write_calibration(workdir, report["step"], record)
+    return {**record, "step": report["step"]}

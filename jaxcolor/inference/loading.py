@@ -64,7 +64,10 @@ def generator_apply(generator: Any) -> Callable[[Any, jax.Array], jax.Array]:
 
 
 def run_metadata(workdir: str, config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
-    """The API's ``metadata`` of a run at ``step`` (validation metrics when recorded)."""
+    """The API's ``metadata`` of a run at ``step``: validation metrics, the colour strength
+    calibrated for ``step`` (1.0 when none was) and the training-photo baselines, when
+    recorded."""
+    calibration = runs.read_calibration(workdir, step)
     return {
         "task": config.data.task,
         "experiment": config.experiment,
@@ -74,6 +77,9 @@ def run_metadata(workdir: str, config: ml_collections.ConfigDict, step: int) -> 
         "source": "run",
         "path": os.path.abspath(workdir),
         "metrics": runs.read_validation(workdir, step),
+        "colour_strength": calibration["colour_strength"] if calibration else 1.0,
+        "calibration": calibration,
+        "baselines": runs.read_baselines(workdir),
     }
 
 

@@ -18,7 +18,7 @@ from jaxcolor.inference.inputs import (
     network_input,
     to_rgb,
 )
-from jaxcolor.inference.predictor import Predictor, Variables
+from jaxcolor.inference.predictor import Predictor, Variables, check_colour_strength
 from jaxcolor.tasks import Task, get_task
 
 K = TypeVar("K")
@@ -39,10 +39,12 @@ class Model:
     """A trained generator as a product: ``colorize`` / ``colorize_many`` (see ``jaxcolor.load``).
 
     Attributes: ``metadata`` (JSON-serialisable dict), ``image_size`` (training size, the default
-    render size), ``batch_size`` (images per device call), ``device_calls`` (predict calls so
-    far), ``max_programs`` (bound on compiled programs per render size: shape buckets x batch
-    buckets), ``max_pixels`` (None, or the largest input accepted: ``data.ImageTooLargeError``
-    beyond it, from the file header before decoding). Use one model from one thread at a time.
+    render size), ``colour_strength`` (the default chroma scale: the calibrated value stored for
+    this checkpoint, ``metadata["colour_strength"]``, else 1.0), ``batch_size`` (images per
+    device call), ``device_calls`` (predict calls so far), ``max_programs`` (bound on compiled
+    programs per render size: shape buckets x batch buckets), ``max_pixels`` (None, or the
+    largest input accepted: ``data.ImageTooLargeError`` beyond it, from the file header before
+    decoding). Use one model from one thread at a time.
     """
 
     max_pixels: int | None = None
@@ -54,6 +56,7 @@ class Model:
         self.image_size = int(image_size)
         self.multiple = int(multiple)
         self.metadata = metadata
+        self.colour_strength = check_colour_strength(metadata.get("colour_strength", 1.0))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
 
     @property
@@ -77,10 +80,22 @@ class Model:
         return (2 * len(bucket_lengths(self.image_size, self.multiple)) - 1) * len(
             self._predictor.batch_sizes)
 
-    def predict_square(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_square(self, images: np.ndarray, *, colour_strength: float | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         """Scoring: float RGB (N, S, S, 3) already at the training size -> (RGB as ``to_rgb``
         makes it, raw network output); see ``Predictor.predict_square``."""
-        return self._predictor.predict_square(self._variables, images)
+        return self._predictor.predict_square(self._variables, images,
+                                              self._strength(colour_strength))
+
+    def predict_chroma(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scoring: float RGB (N, S, S, 3) at the training size -> (unscaled predicted ab, raw
+        network output); ``predictor.render_square`` renders it at any colour strength."""
+        return self._predictor.predict_chroma(self._variables, images)
+
+    def _strength(self, colour_strength: float | None) -> float:
+        if colour_strength is None:
+            return self.colour_strength
+        return check_colour_strength(colour_strength)
 
     def _render_size(self, render_size: int | None) -> int:
         if render_size is None:
@@ -94,33 +109,38 @@ class Model:
         dtype = rgb.dtype if rgb.dtype in (np.uint8, np.uint16) else np.float32
         return _Item(key, rgb, dtype, network_input(rgb, size, self.multiple))
 
-    def colorize(self, image: Any, *, render_size: int | None = None) -> np.ndarray:
+    def colorize(self, image: Any, *, render_size: int | None = None,
+                 colour_strength: float | None = None) -> np.ndarray:
         """One image -> colorized upright RGB (H, W, 3), same size and depth as the input.
 
         ``image``: a NumPy RGB (not BGR) array (H, W), (H, W, 1) or (H, W, 3) of uint8, uint16,
         float32 or float64 in [0, 1]; a PIL image; a path; encoded bytes; a binary file object.
         ``render_size``: the network sees the photo with this short side (default: the training
-        size), aspect ratio kept. uint8 -> uint8, uint16 -> uint16, float -> float32.
+        size), aspect ratio kept. ``colour_strength``: the predicted chroma times this, in
+        [0, 2] (default: ``self.colour_strength``); 0 gives the gray image, L is kept.
+        uint8 -> uint8, uint16 -> uint16, float -> float32.
         """
-        ((_, out),) = self.stream([(0, image)], render_size=render_size)
+        ((_, out),) = self.stream([(0, image)], render_size=render_size,
+                                  colour_strength=colour_strength)
         return out
 
-    def colorize_many(self, images: Sequence[Any], *, render_size: int | None = None
-                      ) -> list[np.ndarray]:
+    def colorize_many(self, images: Sequence[Any], *, render_size: int | None = None,
+                      colour_strength: float | None = None) -> list[np.ndarray]:
         """Several images (mixed sizes and kinds) -> their colorizations, in order.
 
         Images of the same shape bucket share device calls; decoded inputs held at once are
         bounded by a pixel budget, not by the number of images.
         """
         results: list[np.ndarray | None] = [None] * len(images)
-        for index, out in self.stream(enumerate(images), render_size=render_size, ordered=False):
+        for index, out in self.stream(enumerate(images), render_size=render_size, ordered=False,
+                                      colour_strength=colour_strength):
             results[index] = out
         return results  # type: ignore[return-value]
 
     def stream(self, items: Iterable[tuple[K, Any]], *, render_size: int | None = None,
                temporal_smoothing: float = 0.0, ordered: bool = True,
-               on_error: Callable[[K, Exception], None] | None = None
-               ) -> Iterator[tuple[K, np.ndarray]]:
+               on_error: Callable[[K, Exception], None] | None = None,
+               colour_strength: float | None = None) -> Iterator[tuple[K, np.ndarray]]:
         """Colorizes ``(key, image)`` pairs; yields ``(key, RGB)``.
 
         ``ordered``: results come in input order and batches hold consecutive same-bucket
@@ -128,7 +148,9 @@ class Model:
         ``temporal_smoothing`` s (ordered only), each chroma is blended with the previous ones:
         ab_t <- (1 - s) ab_t + s ab_{t-1}, at network resolution. ``on_error(key, error)``: an
         input that cannot be read is reported and skipped; without it, the error is raised.
+        ``colour_strength``: see ``colorize``.
         """
+        strength = self._strength(colour_strength)
         if not 0.0 <= temporal_smoothing <= 1.0:
             raise ValueError(f"temporal_smoothing must be in [0, 1], got {temporal_smoothing}")
         if temporal_smoothing and not ordered:
@@ -140,7 +162,7 @@ class Model:
         pending = None  # the batch on the device while the host finishes the previous one
 
         def finish(batch: list[_Item], out: jax.Array, cond: np.ndarray):
-            chromas = self._predictor.chroma(out, cond)
+            chromas = self._predictor.chroma(out, cond, strength)
             for item, ab in zip(batch, chromas, strict=True):
                 h, w = item.net.content
                 ab = ab[:h, :w]

@@ -4,8 +4,10 @@
   memory at start; ``/static/<name>`` picks from that table, never from the file system).
 - ``POST /api/colorize``: an image as the raw body or as multipart field ``file`` -> the
   colorized image, same size, upright; PNG (16-bit for 16-bit input) or ``?format=jpeg``;
-  ``?render_size=N``.
-- ``GET /api/health``: the model's metadata, batch size, device calls and the service's limits.
+  ``?render_size=N``; ``?colour_strength=s`` (predicted chroma times s, 0 to 2; default: the
+  model's calibrated strength).
+- ``GET /api/health``: the model's metadata (its default ``colour_strength`` too), batch size,
+  device calls and the service's limits.
 
 Errors are JSON ``{"detail": "<words>"}``: 400 for input that is not an image (empty, truncated,
 corrupt, bad parameters), 413 over the upload or pixel limit, 503 when ``max_waiting`` requests
@@ -35,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from jaxcolor import colour, data
 from jaxcolor.evaluation.reports import json_safe
+from jaxcolor.inference.predictor import MAX_COLOUR_STRENGTH, check_colour_strength
 from jaxcolor.serve.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -197,6 +200,8 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
             "status": "ok",
             "model": model.metadata,
             "image_size": model.image_size,
+            "colour_strength": model.colour_strength,
+            "max_colour_strength": MAX_COLOUR_STRENGTH,
             "batch_size": model.batch_size,
             "max_programs": getattr(model, "max_programs", None),
             "device_calls": model.device_calls,
@@ -210,11 +215,17 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
         413: {"description": "over the upload or pixel limit"},
         503: {"description": "too many requests in progress"}})
     async def colorize(request: Request, format: str = "png",  # the query parameter's name
-                       render_size: int | None = None) -> Response:
+                       render_size: int | None = None,
+                       colour_strength: float | None = None) -> Response:
         """Colorizes the image sent as the raw body or as multipart field ``file``."""
         fmt = format.lower()
         if fmt not in FORMATS:
             raise HTTPError(400, f"format must be png or jpeg, got {format!r}")
+        if colour_strength is not None:
+            try:
+                check_colour_strength(colour_strength)
+            except ValueError as e:
+                raise HTTPError(400, str(e)) from None
         if render_size is not None and not 1 <= render_size <= limits.max_render_size:
             raise HTTPError(400, f"render_size must be between 1 and {limits.max_render_size}, "
                                  f"got {render_size}")
@@ -235,7 +246,8 @@ def create_app(model: Any, limits: Limits = Limits()) -> FastAPI:
                 raise HTTPError(400, str(e)) from None
             del raw
             try:
-                out = await asyncio.wrap_future(state["batcher"].submit(image, render_size))
+                out = await asyncio.wrap_future(
+                    state["batcher"].submit(image, render_size, colour_strength))
             except ValueError as e:  # the model refuses this input or render size
                 raise HTTPError(400, f"{name}: {e}") from None
             body = await run_in_threadpool(encode, out, fmt)

@@ -3,7 +3,8 @@
 ``Batcher.submit`` queues a decoded image and returns a future. The worker takes the first
 waiting image, then keeps collecting until it holds ``model.batch_size`` images or
 ``max_delay_s`` has passed since the first, and colorizes them with one ``colorize_many`` call
-per render size (the model batches them on the device through its shape buckets). A request
+per render size and colour strength (the model batches them on the device through its shape
+buckets). A request
 whose image fails is answered with its own error; the others in its batch are unaffected.
 """
 
@@ -28,14 +29,15 @@ class Model(Protocol):
 
     batch_size: int
 
-    def colorize_many(self, images: list[np.ndarray], *,
-                      render_size: int | None = None) -> list[np.ndarray]: ...
+    def colorize_many(self, images: list[np.ndarray], *, render_size: int | None = None,
+                      colour_strength: float | None = None) -> list[np.ndarray]: ...
 
 
 @dataclasses.dataclass
 class _Job:
     image: np.ndarray
     render_size: int | None
+    colour_strength: float | None
     future: concurrent.futures.Future
 
 
@@ -52,11 +54,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="jaxcolor-device", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray, render_size: int | None = None
-               ) -> concurrent.futures.Future:
+    def submit(self, image: np.ndarray, render_size: int | None = None,
+               colour_strength: float | None = None) -> concurrent.futures.Future:
         """Queues ``image``; the future gives the colorized array or raises the model's error."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Job(image, render_size, future))
+        self._queue.put(_Job(image, render_size, colour_strength, future))
         return future
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -86,7 +88,9 @@ class Batcher:
         stop = False
         while not stop:
             batch, stop = self._collect()
-            key = lambda job: -1 if job.render_size is None else job.render_size
+            # None (the model's default) sorts before any given value.
+            key = lambda job: (-1 if job.render_size is None else job.render_size,
+                               -1.0 if job.colour_strength is None else job.colour_strength)
             for _, group in itertools.groupby(sorted(batch, key=key), key=key):
                 self._run(list(group))
 
@@ -96,7 +100,8 @@ class Batcher:
             return
         try:
             outputs = self.model.colorize_many([j.image for j in jobs],
-                                               render_size=jobs[0].render_size)
+                                               render_size=jobs[0].render_size,
+                                               colour_strength=jobs[0].colour_strength)
         except Exception as e:  # noqa: BLE001 - each request gets its own answer below
             if len(jobs) == 1:
                 jobs[0].future.set_exception(e)
@@ -111,7 +116,8 @@ class Batcher:
 
     def _run_one(self, job: _Job) -> None:
         try:
-            (out,) = self.model.colorize_many([job.image], render_size=job.render_size)
+            (out,) = self.model.colorize_many([job.image], render_size=job.render_size,
+                                              colour_strength=job.colour_strength)
         except Exception as e:  # noqa: BLE001 - handed to the request that sent it
             job.future.set_exception(e)
         else:

@@ -41,7 +41,7 @@ from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
 from jaxcolor.training.step import check_names, jit_train_step
 from jaxcolor.training.summary import Summary
-from jaxcolor.training.validation import Validator
+from jaxcolor.training.validation import Validator, fit_training_baselines
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
         )
     if is_main:
         runs.write_config(workdir, config)
+        fit_training_baselines(workdir, splits["train"], config)
 
     state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh))
     summary.message(
@@ -277,6 +278,8 @@ def validate(run: Run, state: GANState, step: int, grid_due: bool) -> None:
     cfg_t = run.config.train
     val_metrics, rows = run.validator(state.g, step)
     run.summary.scalars(step, val_metrics)
+    if run.validator.line:
+        run.summary.message(run.validator.line)
     if grid_due and rows:
         run.summary.grid(step, "val_samples", rows)
     value = val_metrics.get(f"val/{cfg_t.best_metric}")
@@ -344,6 +347,7 @@ def finish(run: Run, state: GANState, outcome: Outcome) -> None:
     step, checkpointer, summary = outcome.step, run.checkpointer, run.summary
     if outcome.nonfinite is None:
         checkpointer.save(step, state, run.batches, force=True)
+        run.validator.calibrate(state.g, step)  # a stop between validations: its step too
     checkpointer.close()
     summary.close()
     try:

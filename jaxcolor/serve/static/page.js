@@ -27,7 +27,7 @@ function showModel(health) {
     const table = document.createElement("table");
     table.id = "metrics";
     const head = table.insertRow();
-    for (const h of ["validation metric", "model", "gray baseline"]) {
+    for (const h of ["validation metric (strength 1)", "model", "gray baseline"]) {
       const th = document.createElement("th"); th.textContent = h; head.append(th);
     }
     for (const [name, value] of Object.entries(metrics.model)) {
@@ -46,6 +46,14 @@ function showModel(health) {
   const size = $("render-size");
   size.value = health.image_size;
   size.max = limits.max_render_size;
+  const strength = $("colour-strength");
+  strength.max = health.max_colour_strength ?? 2;
+  strength.value = health.colour_strength ?? 1;
+  showStrength();
+  const calibration = m.calibration;
+  $("colour-strength-default").textContent = calibration ?
+    `(calibrated: ${fmt(calibration.colour_strength)}, on ${calibration.n} ${calibration.split} ` +
+    "images)" : "(not calibrated: 1 = the model's own colours)";
   $("limits").textContent = `JPEG, PNG, WebP, TIFF, BMP; up to ` +
     `${fmt(limits.max_upload_bytes / 1048576)} MiB and ${fmt(limits.max_pixels / 1e6)} ` +
     `megapixels per photo.`;
@@ -59,6 +67,10 @@ async function loadHealth() {
   } catch (error) {
     $("model").textContent = `Could not read the model's details (${error.message}).`;
   }
+}
+
+function showStrength() {
+  $("colour-strength-value").textContent = Number($("colour-strength").value).toFixed(2);
 }
 
 function updateProgress() {
@@ -111,6 +123,7 @@ async function send(card) {
   const params = new URLSearchParams({ format });
   const size = parseInt($("render-size").value, 10);
   if (Number.isFinite(size)) params.set("render_size", size);
+  params.set("colour_strength", $("colour-strength").value);
   const form = new FormData();
   form.append("file", card.file, card.file.name);
   setState(card, "working", "colorizing…");
@@ -118,6 +131,8 @@ async function send(card) {
     const response = await fetch(`api/colorize?${params}`, { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorText(response));
     const url = URL.createObjectURL(await response.blob());
+    if (card.resultUrl) URL.revokeObjectURL(card.resultUrl);  // a repaint replaces it
+    card.resultUrl = url;
     card.querySelector("img.result").src = url;
     card.querySelector("img.under").src = url;
     const link = card.querySelector(".download");
@@ -168,6 +183,15 @@ for (const name of ["dragleave", "drop"]) {
 }
 drop.addEventListener("drop", (e) => { e.preventDefault(); addFiles(e.dataTransfer.files); });
 $("view").addEventListener("change", () => document.querySelectorAll(".card").forEach(applyView));
+$("colour-strength").addEventListener("input", showStrength);
+$("colour-strength").addEventListener("change", () => {  // repaint what is done
+  for (const card of document.querySelectorAll(".card[data-state=done]")) {
+    setState(card, "queued", "waiting");
+    total += 1;
+    queue.push(card);
+  }
+  pump();
+});
 $("clear").addEventListener("click", () => {
   document.querySelectorAll(".card:not([data-state=queued]):not([data-state=working])")
     .forEach((card) => card.remove());
