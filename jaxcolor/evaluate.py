@@ -9,16 +9,8 @@ python -m jaxcolor.evaluate --compare runs/lab_gan runs/pix2pix ... [--out eval_
 python -m jaxcolor.evaluate --workdir runs/lab_gan --calibrate [--step N]   # fit the strength
     [--colour_strength S]   # any of the above at this colour strength (default: calibrated)
 
-Images are listed as the trainer lists them (``data.find_splits`` with the run's ``data.dir``,
-``val_fraction`` and seed), or, with ``--images DIR``, every image under DIR (recursive). Each is
-resized to the model's ``data.image_size`` as in training (``data.ExampleMaker``); grayscale
-sources are skipped when the run skipped them. The prediction measured is what the trainer's
-validation measures and what ``colorize`` delivers at that size: ``model_lib.Model.
-predict_square``, the image's own L with the predicted ab (for RGB-output models too), so
-every model and the gray baseline (the same L with ab = 0) differ only in their chroma. Metrics
-per image (``jaxcolor.evaluation.metrics``): PSNR, SSIM, AuC of the ab error (t = 0..150),
-pixel accuracy, colourfulness and dCF; each reported as mean and 95% Student-t interval half width.
-The model is scored at its colour strength (``--colour_strength``, else the strength calibrated
+Images are listed, predicted and measured as the trainer's validation does them, beside the gray
+prediction (ab = 0): ``jaxcolor.evaluation.scoring`` says how, and which metrics. The model is scored at its colour strength (``--colour_strength``, else the strength calibrated
 for the checkpoint, else 1.0) beside PSNR, AuC and CF over a range of strengths, per-image
 verdicts against gray and, when the run fitted them, the training photos' mean-ab baselines.
 ``--calibrate`` fits the checkpoint's strength on the validation split
