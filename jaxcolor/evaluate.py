@@ -10,9 +10,10 @@ python -m jaxcolor.evaluate --workdir runs/lab_gan --calibrate [--step N]   # fi
     [--colour_strength S]   # any of the above at this colour strength (default: calibrated)
 
 Images are listed, predicted and measured as the trainer's validation does them, beside the gray
-prediction (ab = 0): ``jaxcolor.evaluation.scoring`` says how, and which metrics. The model is scored at its colour strength (``--colour_strength``, else the strength calibrated
-for the checkpoint, else 1.0) beside PSNR, AuC and CF over a range of strengths, per-image
-verdicts against gray and, when the run fitted them, the training photos' mean-ab baselines.
+prediction (ab = 0): ``jaxcolor.evaluation.scoring`` says how, and which metrics. The model is
+scored at its colour strength (``--colour_strength``, else the strength calibrated for the
+checkpoint, else 1.0) beside PSNR, AuC and CF over a range of strengths, per-image verdicts
+against gray and, when the run fitted them, the training photos' mean-ab baselines.
 ``--calibrate`` fits the checkpoint's strength on the validation split
 (``jaxcolor.evaluation.calibration``) and records it in the run folder.
 
