@@ -2,8 +2,9 @@
 
 ``load_run`` reads the run's ``config.json``, rebuilds the generator and restores only its
 parameters and BatchNorm statistics from the Orbax checkpoint (the discriminator, the optimiser
-states and the data iterator stay on disk). Both return a ``model_lib.Model``; how an image
-becomes a prediction is in ``jaxcolor.inference.predictor``.
+states and the data iterator stay on disk): G's weight EMA when the run keeps one
+(``model.ema_decay``), else G itself (``training.state.inference_tree`` decides). Both return
+a ``model_lib.Model``; how an image becomes a prediction is in ``jaxcolor.inference.predictor``.
 """
 
 from __future__ import annotations
@@ -52,12 +53,26 @@ def checkpoint_manager(workdir: str):
 
 def restore_generator(workdir: str, step: Step = None
                       ) -> tuple[ml_collections.ConfigDict, int, dict[str, Any]]:
-    """(config, resolved step, {"params", "batch_stats"} of G as host arrays) of a run."""
+    """(config, resolved step, {"params", "batch_stats"} of G for inference as host arrays)."""
+    config, chosen, g, _ = restore_networks(workdir, step)
+    return config, chosen, g
+
+
+def restore_networks(workdir: str, step: Step = None, discriminator: bool = False
+                     ) -> tuple[ml_collections.ConfigDict, int, dict[str, Any], Any]:
+    """``restore_generator``'s (config, step, G's inference variables), and D's
+    ``{"params", "batch_stats"}`` too when ``discriminator`` (else None): a warm start's
+    source (``training.warm_start``)."""
     import orbax.checkpoint as ocp
 
     from jaxcolor import config as config_lib
     from jaxcolor.training.checkpoints import DamagedCheckpointError, restore_newest
-    from jaxcolor.training.state import abstract_state, build_gan
+    from jaxcolor.training.state import (
+        abstract_state,
+        build_gan,
+        inference_tree,
+        inference_variables,
+    )
 
     config = config_lib.upgrade(runs.read_config(workdir))
     gan = build_gan(config)
@@ -66,10 +81,12 @@ def restore_generator(workdir: str, step: Step = None
         chosen = runs.resolve_step(workdir, step, manager.all_steps())
         abstract = abstract_state(gan, config.data.image_size,
                                   jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-        target = {"g": {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}}
+        target = inference_tree(abstract)
+        if discriminator:
+            target["d"] = {"params": abstract.d.params, "batch_stats": abstract.d.batch_stats}
 
         def restore(at: int) -> dict[str, Any]:
-            # Partial restore: only the generator's arrays are read from disk.
+            # Partial restore: only the generator's (and D's) arrays are read from disk.
             return manager.restore(
                 at,
                 args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -77,7 +94,7 @@ def restore_generator(workdir: str, step: Step = None
                     restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True,
                 )),
-            )["state"]["g"]
+            )["state"]
 
         if step is None or step == "latest":
             # A damaged newest checkpoint: warn, naming it, and use the next newest. Nothing is
@@ -95,7 +112,8 @@ def restore_generator(workdir: str, step: Step = None
                     f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from e
     finally:
         manager.close()
-    return config, chosen, {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    d = restored.pop("d", None)
+    return config, chosen, inference_variables(restored), d
 
 
 def generator_apply(generator: Any) -> Callable[[Any, jax.Array], jax.Array]:

@@ -42,15 +42,15 @@ class Validator:
             values, _ = evaluate.measure(self.truth, self.truth)  # gray row: images only
             self.gray = evaluate.mean_metrics(values[evaluate.GRAY])
 
-    def __call__(self, g_state, step: int | None = None
+    def __call__(self, variables, step: int | None = None
                  ) -> tuple[dict[str, float], list[list[np.ndarray]]]:
         """Mean validation losses and metrics (``val/<name>``) and grid rows
-        (gray input | generated | ground truth). With ``step``, process 0 records them."""
+        (gray input | generated | ground truth) of G's ``variables`` (``{"params",
+        "batch_stats"}``: ``state.inference_tree``'s). With ``step``, process 0 records them."""
         from jaxcolor.evaluation import scoring as evaluate
 
         if not self.batches:
             return {}, []
-        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
         pred, out = self.predictor.predict_square(variables, self.truth)
         values, _ = evaluate.measure(pred, self.truth)
         means = evaluate.mean_metrics(values[evaluate.MODEL])
