@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_val_images = 8  # validation images in sample grids and validation loss
     c.data.max_pixels = 100_000_000  # larger images are skipped (decompression-bomb guard)
     # Random-resized crops (torchvision's) of the full photo instead of data.augment's fixed
-    # 12.5% margin: area fraction (min, max) and aspect w/h (min, max). None: off.
+    # 12.5% margin: area fraction (min, max) and aspect w/h (min, max). None or (): off.
     c.data.crop_scale = ml_collections.FieldReference(None, field_type=tuple)
     c.data.crop_ratio = (3 / 4, 4 / 3)
 
@@ -234,10 +234,10 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
     _check(0.0 <= m.ema_decay < 1.0, "model.ema_decay", m.ema_decay, "in [0, 1); 0 = off")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
     _check(lo.huber_delta > 0, "loss.huber_delta", lo.huber_delta, "> 0")
-    if d.crop_scale is not None:
+    if d.crop_scale:  # None or () (what the command line can set): off
         lo_s, hi_s = (tuple(d.crop_scale) + (0.0, 0.0))[:2]
         _check(len(d.crop_scale) == 2 and 0 < lo_s <= hi_s <= 1, "data.crop_scale",
-               d.crop_scale, "(min, max) area fractions with 0 < min <= max <= 1, or None")
+               d.crop_scale, "(min, max) area fractions with 0 < min <= max <= 1, or () for off")
     lo_r, hi_r = (tuple(d.crop_ratio) + (0.0, 0.0))[:2]
     _check(len(d.crop_ratio) == 2 and 0 < lo_r <= hi_r, "data.crop_ratio", d.crop_ratio,
            "(min, max) aspect ratios w/h with 0 < min <= max")

@@ -232,7 +232,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
         process_index=jax.process_index(),
         cache=cfg_d.cache,
         process_count=jax.process_count(),
-        crop_scale=cfg_d.crop_scale,
+        crop_scale=tuple(cfg_d.crop_scale) if cfg_d.crop_scale else None,  # () or None: off
         crop_ratio=tuple(cfg_d.crop_ratio),
     ))
     checkpointer = Checkpointer(
