@@ -16,6 +16,7 @@ import pytest
 from conftest import load_experiment, synthetic_photo, tiny_config
 from test_train_loop import _scalars
 
+from jaxcolor import config as config_lib
 from jaxcolor import data
 from jaxcolor.artifacts import format as artifact
 from jaxcolor.data.examples import crop_box, random_resized_crop
@@ -129,6 +130,27 @@ def test_weight_decay_shrinks_kernels_only_and_frozen_schedules_advance():
         advanced, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
         if isinstance(s, optax.ScaleByScheduleState)]
     assert [int(c) for c in schedule_counts] == [3]
+
+
+@pytest.mark.parametrize("preset", [None, "quick"])
+def test_the_recipe_config_turns_the_switches_on(preset):
+    config = config_lib.resolve(load_experiment("colorizer", preset))
+    config_lib.validate(config)
+    t = config.train
+    assert 0 < t.recon_steps < t.recon_steps + t.critic_steps < t.num_steps
+    assert config.model.ema_decay > 0 and config.model.spectral_norm and config.data.crop_scale
+    assert build_gan(config).diffaugment == ("translation", "cutout")
+
+
+@pytest.mark.parametrize(("key", "value"), [("model.ema_decay", 1.0), ("train.critic_steps", -1),
+                                            ("data.crop_scale", (0.5, 0.2)),
+                                            ("loss.huber_delta", 0.0)])
+def test_bad_switch_values_fail_naming_the_key(key, value):
+    config = load_experiment("colorizer")
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=rf"config key {key}="):
+        config_lib.validate(config_lib.resolve(config))
 
 
 def test_phases_are_a_function_of_the_step():
