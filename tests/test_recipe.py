@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import load_experiment, synthetic_photo, tiny_config
+from conftest import load_experiment, synthetic_photo, tiny_config, tiny_run
 from test_train_loop import _scalars
 
 from jaxcolor import config as config_lib
@@ -219,16 +219,18 @@ def test_warm_start_from_an_export_and_its_errors(tmp_path):
         parse_source(str(tmp_path / "export") + ":5")
 
 
-@pytest.mark.slow  # three compiled phases of the LAB GAN step
-def test_every_switch_at_once_end_to_end(lab_run, tmp_path):
-    """Warm start from ``lab_run``, one step of each phase, EMA, spectral norm, DiffAugment,
+@pytest.mark.slow  # three compiled phases of a tiny U-Net GAN
+def test_every_switch_at_once_end_to_end(tmp_path_factory, tmp_path):
+    """Warm start from a run, one step of each phase, EMA, spectral norm, DiffAugment,
     hinge + Huber, AdamW and random-resized crops: each switch leaves a trace."""
     from jaxcolor.inference.loading import restore_generator
     from jaxcolor.training.loop import train
 
-    photos = os.path.join(os.path.dirname(lab_run), "jaxcolor_photos")
-    config = tiny_config("lab_gan", photos, num_steps=3, recon_steps=1, critic_steps=1,
-                         seed=1, init_from=lab_run)  # another seed: another fresh init
+    source = tiny_run(tmp_path_factory, "pix2pix_lab", trained=False)  # random weights
+    photos = str(tmp_path_factory.getbasetemp() / "jaxcolor_photos")
+    config = tiny_config("pix2pix_lab", photos, num_steps=3, recon_steps=1, critic_steps=1,
+                         init_from=source)
+    config.model.ngf = config.model.ndf = 8  # the source's widths (conftest._run_config)
     config.model.ema_decay, config.model.spectral_norm = 0.99, True
     config.loss.diffaugment, config.loss.adversarial = "translation,cutout", "hinge"
     config.loss.reconstruction, config.optim.weight_decay = "huber", 0.01
@@ -241,8 +243,8 @@ def test_every_switch_at_once_end_to_end(lab_run, tmp_path):
     assert d_loss[1] == 0 and d_loss[2] != 0  # no D while reconstructing; D trains after
     assert g_adv[2] == 0 and g_adv[3] != 0  # G frozen in the critic phase
 
-    source = restore_generator(lab_run)[2]["params"]  # G from lab_run: two updates since
-    for old, new in zip(jax.tree.leaves(source), jax.tree.leaves(state.g.params), strict=True):
+    warm = restore_generator(source)[2]["params"]  # G from the source: two updates since
+    for old, new in zip(jax.tree.leaves(warm), jax.tree.leaves(state.g.params), strict=True):
         assert np.abs(np.asarray(old) - np.asarray(new)).max() <= 3 * config.optim.g_lr
     assert "SpectralNorm_0" in state.d.batch_stats and "BatchNorm_0" not in state.d.params
     # Readers get the EMA, which differs from G.
