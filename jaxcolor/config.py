@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 4  # decoding worker processes per process; 0 = two threads
     c.data.num_val_images = 8  # validation images in sample grids and validation loss
     c.data.max_pixels = 100_000_000  # larger images are skipped (decompression-bomb guard)
+    # Random-resized crops (torchvision's) of the full photo instead of data.augment's fixed
+    # 12.5% margin: area fraction (min, max) and aspect w/h (min, max). None or (): off.
+    c.data.crop_scale = ml_collections.FieldReference(None, field_type=tuple)
+    c.data.crop_ratio = (3 / 4, 4 / 3)
 
     c.model = ml_collections.ConfigDict()
     c.model.generator = "lab_gan"
@@ -55,10 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_at_inference = False  # unet: pix2pix keeps dropout on at test time
     c.model.ndf = 64  # patchgan
     c.model.n_layers = 3  # patchgan: 3 = 70x70 receptive field
+    c.model.spectral_norm = False  # D's layers spectrally normalised (and no BatchNorm in D)
+    c.model.ema_decay = 0.0  # G's weight EMA, used by validation and every reader; 0 = off
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.adversarial = "bce"  # bce | lsgan
-    c.loss.reconstruction = "l1"  # l1 | mse
+    c.loss.adversarial = "bce"  # bce | lsgan | hinge
+    c.loss.reconstruction = "l1"  # l1 | mse | huber | ab_euclid
+    c.loss.huber_delta = 0.01  # huber: quadratic below this error (network units; 1.1 ab)
+    c.loss.diffaugment = ""  # D's inputs: "translation,cutout" (training/diffaugment.py)
     c.loss.recon_weight = 100.0
     c.loss.adv_weight = 1.0
     c.loss.label_flip = False
@@ -73,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.decay_start = 0.5  # fraction of num_steps after which lr decays linearly to 0
     c.optim.d_updates = 1  # D updates per train step
     c.optim.g_updates = 1  # G updates per train step
+    c.optim.weight_decay = 0.0  # > 0: AdamW (decoupled, kernels only); 0: Adam
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 8  # global, over all devices and hosts
@@ -86,6 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
     c.train.nonfinite = "stop"  # a NaN/inf loss or gradient: stop | skip_step (keep the state)
+    # Phases (training/step.py): G on reconstruction alone, then D alone on G's outputs, then
+    # the GAN to num_steps. 0 and 0: the GAN from the first step.
+    c.train.recon_steps = 0
+    c.train.critic_steps = 0
+    # RUN_OR_EXPORT[:STEP]: a new run starts G (and D, when the source has a matching one) from
+    # another run's checkpoint or an exported model; its optimisers and data order are its own.
+    c.train.init_from = ml_collections.FieldReference(None, field_type=str)
     return c
 
 
@@ -211,6 +227,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
     check_choice("train.best_metric", t.best_metric, BEST_METRIC_MODES)
     for key in ("log_every", "image_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         _check(t[key] >= 1, f"train.{key}", t[key], ">= 1")
+    _validate_recipe(config)
+
+
+def _validate_recipe(config: ml_collections.ConfigDict) -> None:
+    """The numeric checks of the recipe's switches (phases, crops, EMA, decay, Huber)."""
+    d, m, t, o, lo = config.data, config.model, config.train, config.optim, config.loss
+    for key in ("recon_steps", "critic_steps"):
+        _check(t[key] >= 0, f"train.{key}", t[key], ">= 0")
+    if t.recon_steps > 0:
+        _check(lo.recon_weight > 0, "loss.recon_weight", lo.recon_weight,
+               "> 0: train.recon_steps trains G on the reconstruction loss alone")
+    _check(0.0 <= m.ema_decay < 1.0, "model.ema_decay", m.ema_decay, "in [0, 1); 0 = off")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(lo.huber_delta > 0, "loss.huber_delta", lo.huber_delta, "> 0")
+    if d.crop_scale:  # None or () (what the command line can set): off
+        lo_s, hi_s = (tuple(d.crop_scale) + (0.0, 0.0))[:2]
+        _check(len(d.crop_scale) == 2 and 0 < lo_s <= hi_s <= 1, "data.crop_scale",
+               d.crop_scale, "(min, max) area fractions with 0 < min <= max <= 1, or () for off")
+    lo_r, hi_r = (tuple(d.crop_ratio) + (0.0, 0.0))[:2]
+    _check(len(d.crop_ratio) == 2 and 0 < lo_r <= hi_r, "data.crop_ratio", d.crop_ratio,
+           "(min, max) aspect ratios w/h with 0 < min <= max")
 
 
 def max_downs(image_size: int) -> int:

@@ -70,3 +70,16 @@ def test_command_writes_the_cache_of_a_split(tmp_path):
     missing = subprocess.run([*command[:4], str(tmp_path / "nowhere"), *command[5:]],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
     assert missing.returncode == 1 and missing.stderr.startswith("error: data.dir="), missing
+
+
+def test_larger_cache_feeds_random_resized_crops(tmp_path):
+    files = write_photos(str(tmp_path / "photos"), 2)
+    out = str(tmp_path / "big.array_record")
+    meta = write_cache(files, out, image_size=16, size=48)
+    assert meta["stored_size"] == 48
+    batches = iter(train_dataset([], image_size=16, batch_size=2, seed=0, cache=out,
+                                 crop_scale=(0.1, 0.2)))
+    margin = iter(train_dataset([], image_size=16, batch_size=2, seed=0, cache=out))
+    crops, plain = next(batches)["rgb"], next(margin)["rgb"]
+    assert crops.shape == plain.shape == (2, 16, 16, 3)
+    assert np.abs(crops - plain).mean() > 0.05  # resized tenths of the image, not 16 px crops

@@ -80,6 +80,12 @@ def read_metadata(path: str) -> dict[str, Any]:
     return metadata
 
 
+def read_weights(path: str) -> dict[str, Any]:
+    """An exported model's generator variables (``{"params", "batch_stats"}``, NumPy arrays)."""
+    with np.load(os.path.join(path, WEIGHTS_FILE)) as npz:
+        return unflatten_weights({k: npz[k] for k in npz.files})
+
+
 def load_export(path: str, *, batch_size: int = 8) -> Model:
     """An exported model folder as a ``Model`` (on the first local device)."""
     from jax import export
@@ -91,8 +97,7 @@ def load_export(path: str, *, batch_size: int = 8) -> Model:
     if platform not in exported.platforms:
         raise ValueError(f"{path}: exported for {list(exported.platforms)}, not for this "
                          f"{platform!r} device; re-export with --platforms")
-    with np.load(os.path.join(path, WEIGHTS_FILE)) as npz:
-        weights = unflatten_weights({k: npz[k] for k in npz.files})
+    weights = read_weights(path)
     info = {k: metadata[k] for k in ("task", "experiment", "generator", "image_size", "step",
                                      "metrics")}
     # Exports from before colour strength and baselines: strength 1.0, no baselines.

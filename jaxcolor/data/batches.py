@@ -71,17 +71,21 @@ class GlobalBatches:
     def __init__(self, files: Sequence[str], *, image_size: int, batch_size: int, seed: int,
                  augment: bool = True, skip_grayscale: bool = True, num_workers: int = 0,
                  max_pixels: int | None = None,
-                 process_index: int = 0, process_count: int = 1, cache: str | None = None):
+                 process_index: int = 0, process_count: int = 1, cache: str | None = None,
+                 crop_scale: tuple[float, float] | None = None,
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)):
         if batch_size % process_count:
             raise ValueError(f"global batch {batch_size} does not divide by the process count "
                              f"({process_count})")
         if cache:  # record indices stand for the files
             from jaxcolor.data.cache import cached_examples
 
-            files, self._maker = cached_examples(cache, image_size, augment)
+            files, self._maker = cached_examples(cache, image_size, augment, crop_scale,
+                                                 crop_ratio)
         else:
             self._maker = ExampleMaker(image_size, augment=augment,
-                                       skip_grayscale=skip_grayscale, max_pixels=max_pixels)
+                                       skip_grayscale=skip_grayscale, max_pixels=max_pixels,
+                                       crop_scale=crop_scale, crop_ratio=crop_ratio)
         if not files:
             raise ValueError("no training file")
         self._files = list(files)
@@ -215,6 +219,8 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     cache: str | None = None,
+    crop_scale: tuple[float, float] | None = None,
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> GlobalBatches:
     """Endless shuffled batches: this process's rows of each global batch of ``batch_size``.
 
@@ -222,13 +228,15 @@ def train_dataset(
     checkpointable position is global. Images over ``max_pixels`` pixels are skipped (and
     reported) like other unusable files. ``cache``: read the prepared ArrayRecord file of
     ``jaxcolor.data.cache`` instead of ``files`` (its record indices stand for the files; the
-    same shuffle, crop and flip apply).
+    same shuffle, crop and flip apply). ``crop_scale``/``crop_ratio``: random-resized crops
+    instead of the fixed-margin crop (``ExampleMaker``).
     """
     return GlobalBatches(files, image_size=image_size, batch_size=batch_size, seed=seed,
                          augment=augment, skip_grayscale=skip_grayscale,
                          num_workers=num_workers, max_pixels=max_pixels,
                          process_index=process_index,
-                         process_count=process_count, cache=cache)
+                         process_count=process_count, cache=cache,
+                         crop_scale=crop_scale, crop_ratio=crop_ratio)
 
 
 def eval_batches(

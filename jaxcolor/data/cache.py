@@ -6,7 +6,9 @@ an ArrayRecord file that Grain reads by index; random crop and flip still happen
 
 Each record is one ``stored_size`` x ``stored_size`` x 3 uint8 RGB image, ``stored_size`` being
 the augmenting resize of ``ExampleMaker`` (``image_size * (1 + crop_margin)``), so the cached
-path crops and flips exactly what the uncached one would. Files that cannot be used are skipped
+path crops and flips exactly what the uncached one would. For random-resized crops
+(``data.crop_scale``) store larger images (``--stored_size``, e.g. twice the image size): the
+crops are then taken from them. Files that cannot be used are skipped
 and listed in ``<out>.json`` beside the cache (with the sizes the cache was written for).
 """
 
@@ -22,7 +24,15 @@ import cv2
 import numpy as np
 
 from jaxcolor.data.decoding import BadImageError, decode, is_grayscale, to_float_rgb
-from jaxcolor.data.examples import ExampleMaker, Skipped, augment_size, crop_flip, make_example
+from jaxcolor.data.examples import (
+    ExampleMaker,
+    Skipped,
+    augment_size,
+    crop_flip,
+    flip,
+    make_example,
+    random_resized_crop,
+)
 
 
 def stored_size(image_size: int, crop_margin: float = 0.125) -> int:
@@ -31,12 +41,13 @@ def stored_size(image_size: int, crop_margin: float = 0.125) -> int:
 
 
 def write_cache(files: Sequence[str], out: str, image_size: int, crop_margin: float = 0.125,
-                skip_grayscale: bool = True) -> dict:
+                skip_grayscale: bool = True, size: int | None = None) -> dict:
     """Decodes, checks and resizes ``files`` once into the ArrayRecord file ``out``; writes
-    ``out + '.json'`` (sizes, count, skipped files) and returns that dict."""
+    ``out + '.json'`` (sizes, count, skipped files) and returns that dict. ``size``: the stored
+    side (default ``stored_size``; larger for random-resized crops)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    size = stored_size(image_size, crop_margin)
+    size = size or stored_size(image_size, crop_margin)
     skipped, count = [], 0
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     writer = ArrayRecordWriter(out, "group_size:1")  # one record per read: random access
@@ -94,6 +105,8 @@ class CachedExampleMaker:
     image_size: int
     stored_size: int
     augment: bool = True
+    crop_scale: tuple[float, float] | None = None  # random-resized crops (ExampleMaker's)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __call__(self, index: int, rng: np.random.Generator | None = None):
         image = np.frombuffer(_source(self.path)[int(index)], np.uint8)
@@ -101,19 +114,24 @@ class CachedExampleMaker:
             return Skipped(f"{self.path}[{index}]", f"{self.path}: record {index} holds "
                            f"{image.size} bytes, not {self.stored_size}^2 x 3")
         image = image.reshape(self.stored_size, self.stored_size, 3)
-        if self.augment and rng is not None:
+        if self.augment and rng is not None and self.crop_scale is not None:
+            image = flip(random_resized_crop(image, self.image_size, rng, self.crop_scale,
+                                             self.crop_ratio), rng)
+        elif self.augment and rng is not None:
             image = crop_flip(image, self.image_size, rng)
         else:
             image = ExampleMaker(self.image_size).resize(image, None)
         return make_example(image.astype(np.float32) / 255.0)
 
 
-def cached_examples(path: str, image_size: int, augment: bool
+def cached_examples(path: str, image_size: int, augment: bool,
+                    crop_scale: tuple[float, float] | None = None,
+                    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
                     ) -> tuple[list[int], CachedExampleMaker]:
     """(record indices, their example maker) for ``train_dataset``'s ``cache``."""
     meta = read_meta(path, image_size)
     return list(range(meta["count"])), CachedExampleMaker(path, image_size, meta["stored_size"],
-                                                          augment)
+                                                          augment, crop_scale, crop_ratio)
 
 
 def _define_flags() -> None:
@@ -127,6 +145,9 @@ def _define_flags() -> None:
                          required=True, lower_bound=1)
     flags.DEFINE_enum("split", "train", list(SPLITS), "Split of the folder to cache.")
     flags.DEFINE_bool("keep_grayscale", False, "Keep grayscale sources (data.skip_grayscale).")
+    flags.DEFINE_integer("stored_size", None, "Side of the stored images (default: image_size * "
+                         "1.125); larger for random-resized crops (data.crop_scale).",
+                         lower_bound=1)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -140,7 +161,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments {list(argv[1:])}")
     files = find_splits(FLAGS.dir)[FLAGS.split]
     meta = write_cache(files, FLAGS.out, FLAGS.image_size,
-                       skip_grayscale=not FLAGS.keep_grayscale)
+                       skip_grayscale=not FLAGS.keep_grayscale,
+                       size=FLAGS.stored_size)
     print(f"{FLAGS.out}: {meta['count']} images of {meta['stored_size']} px, "
           f"{len(meta['skipped'])} skipped")
 

@@ -2,8 +2,9 @@
 
 ``load_run`` reads the run's ``config.json``, rebuilds the generator and restores only its
 parameters and BatchNorm statistics from the Orbax checkpoint (the discriminator, the optimiser
-states and the data iterator stay on disk). Both return a ``model_lib.Model``; how an image
-becomes a prediction is in ``jaxcolor.inference.predictor``.
+states and the data iterator stay on disk): G's weight EMA when the run keeps one
+(``model.ema_decay``), else G itself (``training.state.inference_tree`` decides). Both return
+a ``model_lib.Model``; how an image becomes a prediction is in ``jaxcolor.inference.predictor``.
 """
 
 from __future__ import annotations
@@ -24,16 +25,31 @@ if TYPE_CHECKING:
 
 def restore_generator(workdir: str, step: Step = None
                       ) -> tuple[ml_collections.ConfigDict, int, dict[str, Any]]:
-    """(config, resolved step, {"params", "batch_stats"} of G as host arrays) of a run.
+    """(config, resolved step, {"params", "batch_stats"} of G for inference as host arrays) of
+    a run: its weight EMA when the run keeps one (``training.state.inference_tree``)."""
+    config, chosen, g, _ = restore_networks(workdir, step)
+    return config, chosen, g
 
-    Restores through the trainer's path (``checkpoints.restore``), reading only G's arrays: a
-    damaged newest checkpoint is reported and the next newest used (for None/"latest"); a
+
+def restore_networks(workdir: str, step: Step = None, discriminator: bool = False
+                     ) -> tuple[ml_collections.ConfigDict, int, dict[str, Any], Any]:
+    """``restore_generator``'s (config, step, G's inference variables), and D's
+    ``{"params", "batch_stats"}`` too when ``discriminator`` (else None): a warm start's
+    source (``training.warm_start``).
+
+    Restores through the trainer's path (``checkpoints.restore``), reading only these arrays:
+    a damaged newest checkpoint is reported and the next newest used (for None/"latest"); a
     damaged named step raises DamagedCheckpointError. Nothing is moved aside: a training
     process may own the folder.
     """
     from jaxcolor import config as config_lib
     from jaxcolor.training import checkpoints
-    from jaxcolor.training.state import abstract_state, build_gan
+    from jaxcolor.training.state import (
+        abstract_state,
+        build_gan,
+        inference_tree,
+        inference_variables,
+    )
 
     config = config_lib.upgrade(runs.read_config(workdir))
     directory = runs.checkpoint_dir(workdir)
@@ -42,11 +58,13 @@ def restore_generator(workdir: str, step: Step = None
     chosen = runs.resolve_step(workdir, step, checkpoints.checkpoint_steps(directory))
     abstract = abstract_state(build_gan(config), config.data.image_size,
                               jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    target = {"g": {"params": abstract.g.params, "batch_stats": abstract.g.batch_stats}}
+    target = inference_tree(abstract)
+    if discriminator:
+        target["d"] = {"params": abstract.d.params, "batch_stats": abstract.d.batch_stats}
     chosen, restored = checkpoints.restore(
         directory, target, None if step in (None, "latest") else chosen, partial=True)
-    return config, chosen, {"params": restored["g"]["params"],
-                            "batch_stats": restored["g"]["batch_stats"]}
+    d = restored.pop("d", None)
+    return config, chosen, inference_variables(restored), d
 
 
 def generator_apply(generator: Any) -> Callable[[Any, jax.Array], jax.Array]:

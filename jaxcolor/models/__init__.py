@@ -32,9 +32,11 @@ GENERATORS: dict[str, Builder] = {
 }
 
 DISCRIMINATORS: dict[str, Builder] = {
-    "dcgan": lambda m, task, dtype: DCGANDiscriminator(dtype=dtype),
+    "dcgan": lambda m, task, dtype: DCGANDiscriminator(
+        dtype=dtype, spectral_norm=m.get("spectral_norm", False)),
     "patchgan": lambda m, task, dtype: PatchGANDiscriminator(
-        base_features=m.get("ndf", 64), n_layers=m.get("n_layers", 3), dtype=dtype
+        base_features=m.get("ndf", 64), n_layers=m.get("n_layers", 3), dtype=dtype,
+        spectral_norm=m.get("spectral_norm", False),
     ),
 }
 

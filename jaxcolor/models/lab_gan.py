@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcolor.models.layers import Conv, ConvTranspose, batch_norm
+from jaxcolor.models.layers import Conv, ConvTranspose, batch_norm, spectral
 
 
 class LabGenerator(nn.Module):
@@ -59,21 +59,25 @@ class DCGANDiscriminator(nn.Module):
     """Strided-conv critic on the condition and the (real or generated) output: one logit per image.
 
     Conv4 s2 (64, no norm) LReLU, then Conv4 s2 128/256/512 with BN and LReLU(0.2), global average
-    pooling and a dense layer. Works for any input size divisible by 16.
+    pooling and a dense layer. Works for any input size divisible by 16. With ``spectral_norm``
+    every layer is spectrally normalised and carries a bias, and there is no BatchNorm.
     """
 
     features: Sequence[int] = (64, 128, 256, 512)
     dtype: jnp.dtype = jnp.float32
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, cond: jax.Array, image: jax.Array, *, train: bool) -> jax.Array:
+        sn = self.spectral_norm
         x = jnp.concatenate([cond, image], axis=-1).astype(self.dtype)
         for i, feats in enumerate(self.features):
-            x = Conv(feats, (4, 4), strides=2, padding=1, use_bias=(i == 0), dtype=self.dtype)(x)
-            if i > 0:
+            conv = Conv(feats, (4, 4), strides=2, padding=1, use_bias=(i == 0 or sn),
+                        dtype=self.dtype)
+            x = spectral(conv, sn, train)(x)
+            if i > 0 and not sn:
                 x = batch_norm(train, self.dtype)(x)
             x = nn.leaky_relu(x, 0.2)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(1, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype)(x).astype(
-            jnp.float32
-        )
+        dense = nn.Dense(1, kernel_init=nn.initializers.normal(0.02), dtype=self.dtype)
+        return spectral(dense, sn, train)(x).astype(jnp.float32)

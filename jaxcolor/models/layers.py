@@ -38,6 +38,15 @@ def batch_norm(train: bool, dtype=jnp.float32) -> nn.BatchNorm:
     )
 
 
+def spectral(layer: nn.Module, on: bool, train: bool):
+    """``layer`` as a function of its input; with ``on``, its kernel spectrally normalised
+    (Miyato et al. 2018, ``flax.linen.SpectralNorm``: one power iteration per call, its vectors
+    kept in the ``batch_stats`` collection and advanced only in training)."""
+    if not on:
+        return layer
+    return lambda x: nn.SpectralNorm(layer)(x, update_stats=train)
+
+
 class Conv(nn.Module):
     """``flax.linen.Conv`` (NHWC, same parameter names, shapes and initialisation: pix2pix's
     N(0, 0.02) kernel, zero bias) computed by ``kernels.conv2d`` in the backend's formulation."""

@@ -25,6 +25,8 @@ The innermost feature map is (H / 2**num_downs) x (W / 2**num_downs); H and W mu
 PatchGAN (ndf = ``base_features``): Conv4 s2 ndf (bias, no norm) LReLU, then ``n_layers - 1``
 times Conv4 s2 min(2**n, 8)ndf BN LReLU, Conv4 s1 min(2**n_layers, 8)ndf BN LReLU, Conv4 s1 -> 1
 (bias); padding 1 throughout. 70x70 receptive field and 30x30 logits at 256x256 for n_layers=3.
+With ``spectral_norm`` every convolution is spectrally normalised and carries a bias, and there
+is no BatchNorm (SN-GAN's critic: BatchNorm would rescale the normalised layers' outputs).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcolor.models.layers import Conv, ConvTranspose, batch_norm
+from jaxcolor.models.layers import Conv, ConvTranspose, batch_norm, spectral
 
 _MIN_DOWNS = 5
 
@@ -114,22 +116,24 @@ class PatchGANDiscriminator(nn.Module):
     base_features: int = 64
     n_layers: int = 3
     dtype: jnp.dtype = jnp.float32
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, cond: jax.Array, image: jax.Array, *, train: bool) -> jax.Array:
-        ndf = self.base_features
+        ndf, sn = self.base_features, self.spectral_norm
+
+        def conv(features, stride, use_bias=True):
+            layer = Conv(features, (4, 4), strides=stride, padding=1, use_bias=use_bias or sn,
+                         dtype=self.dtype)
+            return spectral(layer, sn, train)
+
         x = jnp.concatenate([cond, image], axis=-1).astype(self.dtype)
-        x = nn.leaky_relu(Conv(ndf, (4, 4), strides=2, padding=1, dtype=self.dtype)(x), 0.2)
+        x = nn.leaky_relu(conv(ndf, 2)(x), 0.2)
         for n in range(1, self.n_layers + 1):
             stride = 2 if n < self.n_layers else 1
-            x = Conv(
-                min(2**n, 8) * ndf,
-                (4, 4),
-                strides=stride,
-                padding=1,
-                use_bias=False,
-                dtype=self.dtype,
-            )(x)
-            x = nn.leaky_relu(batch_norm(train, self.dtype)(x), 0.2)
-        x = Conv(1, (4, 4), strides=1, padding=1, dtype=self.dtype)(x)
+            x = conv(min(2**n, 8) * ndf, stride, use_bias=False)(x)
+            if not sn:
+                x = batch_norm(train, self.dtype)(x)
+            x = nn.leaky_relu(x, 0.2)
+        x = conv(1, 1)(x)
         return x.astype(jnp.float32)

@@ -38,8 +38,15 @@ import numpy as np
 from jaxcolor import config as config_lib
 from jaxcolor import data, runs, sharding
 from jaxcolor.training.checkpoints import Checkpointer
-from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
-from jaxcolor.training.step import check_names, jit_train_step
+from jaxcolor.training.state import (
+    GANState,
+    build_gan,
+    fresh_state,
+    inference_tree,
+    inference_variables,
+    param_count,
+)
+from jaxcolor.training.step import PHASES, PhasedStep, check_names, has_phases, phase_at
 from jaxcolor.training.summary import Summary
 from jaxcolor.training.validation import Validator, fit_training_baselines
 
@@ -152,7 +159,7 @@ class Run:
     checkpointer: Checkpointer
     validator: Validator
     batches: Iterator
-    step_fn: Callable
+    step_fn: Callable  # (step, state, batch) -> (state, metrics): PhasedStep
     val_skipped: int  # unusable validation files (every process loads the same ones)
 
 
@@ -177,6 +184,10 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
     is_main = jax.process_index() == 0
     cfg_t, cfg_d = config.train, config.data
     gan = build_gan(config)
+    if config.train.init_from:  # a bad source fails here, before any work
+        from jaxcolor.training.warm_start import parse_source
+
+        parse_source(config.train.init_from)
 
     splits = data.find_splits(cfg_d.dir, cfg_d.val_fraction, cfg_t.seed)
     where = cfg_d.dir or "the built-in sample photos"
@@ -217,6 +228,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
         process_index=jax.process_index(),
         cache=cfg_d.cache,
         process_count=jax.process_count(),
+        crop_scale=tuple(cfg_d.crop_scale) if cfg_d.crop_scale else None,  # () or None: off
+        crop_ratio=tuple(cfg_d.crop_ratio),
     ))
     checkpointer = Checkpointer(
         runs.checkpoint_dir(workdir),
@@ -234,13 +247,18 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
         state = restored
         summary.message(f"resumed from step {int(state.step)} ({checkpointer.directory}), "
                         f"data position {batches.resumed_records} records")
+    elif config.train.init_from:  # only a run without checkpoints of its own starts warm
+        from jaxcolor.training.warm_start import warm_start
+
+        state, note = warm_start(state, config, sharding.replicated(mesh))
+        summary.message(note)
 
     validator = Validator(gan, config, splits["validation"], mesh, workdir)
     val_skipped = _warn_skipped(validator.skipped)
     if not validator.batches:
         log.warning("no usable validation image: validation loss and sample grids are off")
     run = Run(config, mesh, summary, checkpointer, validator, batches,
-              jit_train_step(gan, config, mesh), val_skipped)
+              PhasedStep(gan, config, mesh), val_skipped)
     return run, state
 
 
@@ -267,16 +285,19 @@ def log_metrics(run: Run, meter: Meter, step: int, skipped_files: int) -> None:
         if not finite.all():
             log.warning("%d non-finite step(s) skipped up to step %d (%d in all)",
                         int((~finite).sum()), step, meter.skipped_steps)
+    phase = phase_at(step - 1, cfg_t) if has_phases(cfg_t) else None  # the last step's
+    if phase is not None:
+        scalars["train/phase"] = PHASES.index(phase)
     run.summary.scalars(step, scalars)
     shown = {k: means[k] for k in ("d_loss", "g_adv", "g_recon", "d_real", "d_fake")}
-    run.summary.progress(step, shown, images_per_sec)
+    run.summary.progress(step, shown, images_per_sec, label=phase or "")
     meter.pending, meter.wait_time, meter.last_time, meter.start_step = [], 0.0, now, step
 
 
 def validate(run: Run, state: GANState, step: int, grid_due: bool) -> None:
     """Validation metrics (and the sample grid when due); keeps the best checkpoint."""
     cfg_t = run.config.train
-    val_metrics, rows = run.validator(state.g, step)
+    val_metrics, rows = run.validator(inference_variables(inference_tree(state)), step)
     run.summary.scalars(step, val_metrics)
     if run.validator.line:
         run.summary.message(run.validator.line)
@@ -315,7 +336,7 @@ def loop(run: Run, state: GANState) -> tuple[GANState, Outcome]:
             local = next(run.batches)
             meter.wait_time += time.perf_counter() - t0
             local_skipped += _warn_skipped(local.pop("skipped"))
-            state, metrics = run.step_fn(state, sharding.to_global(local, run.mesh))
+            state, metrics = run.step_fn(step, state, sharding.to_global(local, run.mesh))
             step += 1
             meter.pending.append(metrics)
             log_due = step % cfg_t.log_every == 0 or step == cfg_t.num_steps
@@ -347,7 +368,8 @@ def finish(run: Run, state: GANState, outcome: Outcome) -> None:
     step, checkpointer, summary = outcome.step, run.checkpointer, run.summary
     if outcome.nonfinite is None:
         checkpointer.save(step, state, run.batches, force=True)
-        run.validator.calibrate(state.g, step)  # a stop between validations: its step too
+        # A stop between validations: its step too.
+        run.validator.calibrate(inference_variables(inference_tree(state)), step)
     checkpointer.close()
     summary.close()
     try:

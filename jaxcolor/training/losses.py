@@ -8,11 +8,20 @@ Label conventions for training D (``label_targets``):
   * ``label_smoothing`` s > 0 (one-sided, Salimans et al.; Nazeri et al. use 0.1): every 1
     becomes 1 - s, zeros stay. Ignored when ``soft_labels`` is on.
 G is always trained towards D's hard "real" label. All losses are means in float32.
+
+Adversarial losses (``loss.adversarial``): ``bce``, ``lsgan`` and ``hinge`` (Lim and Ye 2017;
+Miyato et al. 2018: D minimises relu(1 - x) on real and relu(1 + x) on generated logits, G
+maximises D's raw output). Reconstruction losses (``loss.reconstruction``) on the network's
+output (ab' = ab / 110 for the Lab task): ``l1``, ``mse`` (aligned with PSNR), ``huber``
+(smooth L1: quadratic within ``loss.huber_delta``, L1 beyond, as Zhang et al. regress ab) and
+``ab_euclid`` (the per-pixel Euclidean distance over the output channels, the error AuC
+integrates; for the RGB task the RGB distance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +53,44 @@ def l1(pred: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
-ADVERSARIAL: dict[str, LossFn] = {"bce": bce_with_logits, "lsgan": least_squares}
-RECONSTRUCTION: dict[str, LossFn] = {"mse": mse, "l1": l1}
+def huber(pred: jax.Array, target: jax.Array, delta: float) -> jax.Array:
+    """Mean smooth L1 (Huber divided by ``delta``): |e| - delta/2 beyond ``delta``, e^2 / (2 delta)
+    within, so its scale (and ``loss.recon_weight``) is that of L1 whatever ``delta``."""
+    e = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    return jnp.mean(optax.huber_loss(e, delta=delta)) / delta
+
+
+def euclidean(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean over pixels of the Euclidean distance across channels (ab for the Lab task)."""
+    e = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    # The tiny floor keeps the gradient finite where the error is exactly 0.
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(e), axis=-1) + 1e-12))
+
+
+def hinge(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """D's hinge loss: mean relu(1 - s x) with s = +1 for a target of 1, -1 for 0."""
+    sign = 2.0 * targets - 1.0
+    return jnp.mean(jax.nn.relu(1.0 - sign * outputs.astype(jnp.float32)))
+
+
+def hinge_generator(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """G's side of the hinge loss: -mean(s x), D's raw output pushed towards the target."""
+    return -jnp.mean((2.0 * targets - 1.0) * outputs.astype(jnp.float32))
+
+
+ReconFn = Callable[[jax.Array, jax.Array, Any], jax.Array]  # (pred, target, loss config)
+
+ADVERSARIAL: dict[str, LossFn] = {"bce": bce_with_logits, "lsgan": least_squares,
+                                  "hinge": hinge}
+RECONSTRUCTION: dict[str, ReconFn] = {
+    "mse": lambda p, t, cfg: mse(p, t),
+    "l1": lambda p, t, cfg: l1(p, t),
+    "huber": lambda p, t, cfg: huber(p, t, cfg.get("huber_delta", 0.01)),
+    "ab_euclid": lambda p, t, cfg: euclidean(p, t),
+}
+
+# G's adversarial term where it is not D's loss on the real label.
+_GENERATOR_SIDE: dict[str, LossFn] = {"hinge": hinge_generator}
 
 
 def check_names(loss_cfg: ml_collections.ConfigDict) -> None:
@@ -55,7 +100,7 @@ def check_names(loss_cfg: ml_collections.ConfigDict) -> None:
 
 
 # What D's output means as "probability of real" under each adversarial loss.
-_REALNESS = {"bce": jax.nn.sigmoid, "lsgan": lambda x: x}
+_REALNESS = {"bce": jax.nn.sigmoid, "lsgan": lambda x: x, "hinge": jax.nn.sigmoid}
 
 
 def real_label(cfg: ml_collections.ConfigDict) -> float:
@@ -104,7 +149,14 @@ def generator_loss(
     fake_out: jax.Array, fake: jax.Array, target: jax.Array, cfg: ml_collections.ConfigDict
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """adv_weight * adversarial (towards D's hard real label) + recon_weight * reconstruction."""
-    adv = ADVERSARIAL[cfg.adversarial](fake_out, jnp.full(fake_out.shape, real_label(cfg)))
-    recon = RECONSTRUCTION[cfg.reconstruction](fake, target)
+    adv_fn = _GENERATOR_SIDE.get(cfg.adversarial, ADVERSARIAL[cfg.adversarial])
+    adv = adv_fn(fake_out, jnp.full(fake_out.shape, real_label(cfg)))
+    recon = reconstruction(fake, target, cfg)
     loss = cfg.adv_weight * adv + cfg.recon_weight * recon
     return loss, {"g_loss": loss, "g_adv": adv, "g_recon": recon}
+
+
+def reconstruction(fake: jax.Array, target: jax.Array, cfg: ml_collections.ConfigDict
+                   ) -> jax.Array:
+    """The configured reconstruction loss (``loss.reconstruction``) of ``fake``."""
+    return RECONSTRUCTION[cfg.reconstruction](fake, target, cfg)

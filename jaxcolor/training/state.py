@@ -2,6 +2,12 @@
 
 The state holds only arrays, so it can be donated to the jitted step, sharded and checkpointed
 as is; the modules and optax transforms that give the arrays meaning live in ``GAN``.
+
+With ``model.ema_decay`` > 0 the state is an ``EMAGANState``, which also holds ``ema``: an
+exponential moving average of G's parameters and BatchNorm statistics (StyleGAN2-ADA, BigGAN),
+what validation and every reader of the run use (``inference_tree``). With it off (the default)
+the state is a ``GANState``, whose tree is that of earlier versions, so their checkpoints
+restore unchanged (Orbax refuses a target with a field the checkpoint lacks, even a None).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import optax
 from jaxcolor import models
 from jaxcolor.config import check_choice
 from jaxcolor.tasks import Task, get_task
+from jaxcolor.training.diffaugment import parse_policy
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -48,6 +55,13 @@ class GANState:
     rng: jax.Array  # base key; each step folds in its step number
 
 
+@flax.struct.dataclass
+class EMAGANState(GANState):
+    """A ``GANState`` with G's weight EMA (``model.ema_decay`` > 0)."""
+
+    ema: Any  # {"params", "batch_stats"}
+
+
 @dataclasses.dataclass(frozen=True)
 class GAN:
     """The static half of training: modules, optimisers and the task. Built from a config."""
@@ -59,6 +73,8 @@ class GAN:
     d_tx: optax.GradientTransformation
     g_schedule: optax.Schedule
     d_schedule: optax.Schedule
+    ema_decay: float = 0.0  # model.ema_decay; 0: no EMA in the state
+    diffaugment: tuple[str, ...] = ()  # loss.diffaugment, parsed (see training.diffaugment)
 
 
 def lr_schedule(base_lr: float, num_steps: int, decay_start: float) -> optax.Schedule:
@@ -72,9 +88,52 @@ def lr_schedule(base_lr: float, num_steps: int, decay_start: float) -> optax.Sch
     )
 
 
+def decay_mask(params: Any) -> Any:
+    """Which parameters weight decay shrinks: kernels (2-D and up), not biases or norm scales."""
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
 def _adam(schedule: optax.Schedule, updates_per_step: int, cfg) -> optax.GradientTransformation:
     # Adam counts updates; several updates per train step must not make the schedule run faster.
-    return optax.adam(lambda count: schedule(count // updates_per_step), b1=cfg.b1, b2=cfg.b2)
+    lr = lambda count: schedule(count // updates_per_step)  # noqa: E731
+    if cfg.get("weight_decay", 0.0) > 0:  # AdamW (decoupled decay, scaled by the rate)
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                           mask=decay_mask)
+    return optax.adam(lr, b1=cfg.b1, b2=cfg.b2)  # the optimiser state of earlier versions
+
+
+def advance_schedule(opt_state: Any, updates: int) -> Any:
+    """``opt_state`` with only its learning-rate schedule's count moved on by ``updates``: a
+    network frozen for a training phase keeps its Adam moments and bias correction, and its
+    rate stays that of the train step (what ``g_lr``/``d_lr`` report) when it trains again."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    return jax.tree.map(lambda x: x._replace(count=x.count + updates) if is_schedule(x) else x,
+                        opt_state, is_leaf=is_schedule)
+
+
+def ema_update(ema: Any, g: NetState, decay: float, step: jax.Array) -> Any:
+    """G's weight EMA after the update of train step ``step``: params and BatchNorm statistics
+    move towards G's by 1 - d, with d = min(decay, (1 + step) / (10 + step)), so that early
+    averages are not dominated by the initial weights (TensorFlow's num_updates warm-up)."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return optax.incremental_update({"params": g.params, "batch_stats": g.batch_stats}, ema,
+                                    1.0 - d)
+
+
+def inference_tree(state: Any) -> dict[str, Any]:
+    """The part of a state (or abstract state) that is G for inference, keyed as the checkpoint
+    stores it: ``{"ema": {"params", "batch_stats"}}`` when the run keeps G's weight EMA, else
+    ``{"g": {"params", "batch_stats"}}``. Restoring only this tree reads only those arrays;
+    ``inference_variables`` takes the generator's variables out of it."""
+    if isinstance(state, EMAGANState):
+        return {"ema": {"params": state.ema["params"], "batch_stats": state.ema["batch_stats"]}}
+    return {"g": {"params": state.g.params, "batch_stats": state.g.batch_stats}}
+
+
+def inference_variables(tree: dict[str, Any]) -> dict[str, Any]:
+    """G's ``{"params", "batch_stats"}`` from an ``inference_tree`` (or its restored copy)."""
+    (part,) = tree.values()
+    return {"params": part["params"], "batch_stats": part["batch_stats"]}
 
 
 def build_gan(config: ml_collections.ConfigDict) -> GAN:
@@ -92,6 +151,8 @@ def build_gan(config: ml_collections.ConfigDict) -> GAN:
         d_tx=_adam(d_schedule, opt.d_updates, opt),
         g_schedule=g_schedule,
         d_schedule=d_schedule,
+        ema_decay=float(config.model.get("ema_decay", 0.0)),
+        diffaugment=parse_policy(config.loss.get("diffaugment", "")),
     )
 
 
@@ -107,12 +168,12 @@ def init_state(gan: GAN, rng: jax.Array, image_size: int) -> GANState:
         params = variables["params"]
         return NetState(params, variables.get("batch_stats", {}), tx.init(params))
 
-    return GANState(
-        step=jnp.zeros((), jnp.int32),
-        g=net(g_vars, gan.g_tx),
-        d=net(d_vars, gan.d_tx),
-        rng=state_key,
-    )
+    g = net(g_vars, gan.g_tx)
+    state = GANState(step=jnp.zeros((), jnp.int32), g=g, d=net(d_vars, gan.d_tx), rng=state_key)
+    if gan.ema_decay > 0:
+        ema = {"params": g.params, "batch_stats": g.batch_stats}
+        return EMAGANState(**vars(state), ema=ema)
+    return state
 
 
 def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None) -> GANState:

@@ -75,15 +75,16 @@ class Summary:
         write_png(path, grid)
         return path
 
-    def progress(self, step: int, values: dict[str, float], images_per_sec: float) -> None:
-        """One console line: step, losses, throughput, ETA."""
+    def progress(self, step: int, values: dict[str, float], images_per_sec: float,
+                 label: str = "") -> None:
+        """One console line: step, ``label`` (the training phase), losses, throughput, ETA."""
         if not self.enabled:
             return
         elapsed = time.time() - self._start
         done = step / max(self.num_steps, 1)
         per_step = elapsed / max(step - self.start_step, 1)
         eta = (self.num_steps - step) * per_step
-        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        shown = " ".join([label] * bool(label) + [f"{k} {v:.4g}" for k, v in values.items()])
         line = (
             f"[{step:>{len(str(self.num_steps))}}/{self.num_steps} {100 * done:5.1f}%] {shown} | "
             f"{images_per_sec:.1f} img/s | ETA {format_duration(eta)}"

@@ -54,16 +54,16 @@ class Validator:
             self.gray_values = values[evaluate.GRAY]
             self.gray = evaluate.mean_metrics(self.gray_values)
 
-    def __call__(self, g_state, step: int | None = None
+    def __call__(self, variables, step: int | None = None
                  ) -> tuple[dict[str, float], list[list[np.ndarray]]]:
         """Mean validation losses and metrics (``val/<name>``) and grid rows
-        (gray input | generated | ground truth). With ``step``, process 0 records them."""
+        (gray input | generated | ground truth) of G's ``variables`` (``{"params",
+        "batch_stats"}``: ``state.inference_tree``'s). With ``step``, process 0 records them."""
         from jaxcolor.evaluation import scoring as evaluate
         from jaxcolor.inference.predictor import render_square
 
         if not self.batches:
             return {}, []
-        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
         ab, out = self.predictor.predict_chroma(variables, self.truth)
         pred = render_square(self.truth, ab, 1.0)
         values, _ = evaluate.measure(pred, self.truth)
@@ -102,12 +102,12 @@ class Validator:
         return {"strength": record["colour_strength"],
                 "beats_gray": {k: v[at] for k, v in curve["beats_gray"].items()}}
 
-    def calibrate(self, g_state, step: int) -> None:
-        """Fits and records the colour strength of checkpoint ``step`` unless the last
-        validation already did (a run stopped between validations); every process calls it."""
+    def calibrate(self, variables, step: int) -> None:
+        """Fits and records the colour strength of checkpoint ``step`` for G's ``variables``
+        unless the last validation already did (a run stopped between validations); every
+        process calls it."""
         if not self.batches or self.calibrated_step == step:
             return
-        variables = {"params": g_state.params, "batch_stats": g_state.batch_stats}
         self._calibrate(self.predictor.predict_chroma(variables, self.truth)[0], step)
 
 
