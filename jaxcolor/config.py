@@ -51,6 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_at_inference = False  # unet: pix2pix keeps dropout on at test time
     c.model.ndf = 64  # patchgan
     c.model.n_layers = 3  # patchgan: 3 = 70x70 receptive field
+    # efficientnet_unet: its encoder's initial weights, a name (weights.PRETRAINED, from the
+    # [pretrained] extra) or a .pth/.safetensors file; None: random initialisation
+    c.model.encoder_weights = ml_collections.FieldReference("efficientnet-lite0-imagenet",
+                                                            field_type=str)
+    c.model.decoder_features = (128, 64, 48, 32)  # efficientnet_unet: widths at strides 16..2
 
     c.loss = ml_collections.ConfigDict()
     c.loss.adversarial = "bce"  # bce | lsgan
@@ -69,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.decay_start = 0.5  # fraction of num_steps after which lr decays linearly to 0
     c.optim.d_updates = 1  # D updates per train step
     c.optim.g_updates = 1  # G updates per train step
+    c.optim.encoder_lr_scale = 0.1  # a pretrained encoder's lr, times G's, once unfrozen
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 8  # global, over all devices and hosts
@@ -82,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
     c.train.nonfinite = "stop"  # a NaN/inf loss or gradient: stop | skip_step (keep the state)
+    c.train.encoder_frozen_steps = 0  # a pretrained encoder is not trained for these first steps
     return c
 
 
@@ -142,6 +149,8 @@ def size_multiple(config: ml_collections.ConfigDict) -> int:
     """What the generator's input height and width must be multiples of."""
     if config.model.generator == "unet":
         return 2 ** int(resolve(config).model.num_downs)
+    if config.model.generator == "efficientnet_unet":
+        return 32  # the encoder's deepest stride
     return 4  # lab_gan: two stride-2 convolutions, then two transposed ones
 
 
@@ -172,6 +181,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
         _check(d.image_size % 2**m.num_downs == 0, "model.num_downs", m.num_downs,
                f"data.image_size={d.image_size} must be divisible by 2**num_downs; "
                f"use num_downs <= {max_downs(d.image_size)}")
+    if m.generator == "efficientnet_unet":
+        _check(d.image_size % 32 == 0, "data.image_size", d.image_size,
+               "a multiple of 32 for model.generator=efficientnet_unet")
+        _check(len(m.decoder_features) == 4 and min(m.decoder_features) >= 1,
+               "model.decoder_features", m.decoder_features, "4 widths >= 1 (strides 16 ... 2)")
     if m.discriminator == "patchgan":
         _check(d.image_size >= 2 ** (m.n_layers + 2), "model.n_layers", m.n_layers,
                f"too deep for data.image_size={d.image_size}")
@@ -187,6 +201,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
         _check(o[key] > 0, f"optim.{key}", o[key], "> 0")
     for key in ("b1", "b2"):
         _check(0 <= o[key] < 1, f"optim.{key}", o[key], "in [0, 1)")
+    _check(o.encoder_lr_scale >= 0, "optim.encoder_lr_scale", o.encoder_lr_scale, ">= 0")
+    _check(t.encoder_frozen_steps >= 0, "train.encoder_frozen_steps", t.encoder_frozen_steps,
+           ">= 0")
     _check(0.0 <= o.decay_start <= 1.0, "optim.decay_start", o.decay_start, "in [0, 1]")
     for key in ("d_updates", "g_updates"):
         _check(o[key] >= 1, f"optim.{key}", o[key], ">= 1")
