@@ -33,6 +33,7 @@ import sys
 
 import jax
 
+from jaxcolor.models.weights import MissingWeightsPackageError
 from jaxcolor.training.checkpoints import DiskFullError, NonFiniteStateError
 from jaxcolor.training.loop import NonFiniteError, init_distributed, train
 
@@ -62,7 +63,7 @@ def main(argv) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         train(config, workdir)
-    except (NonFiniteError, NonFiniteStateError, DiskFullError) as e:
+    except (NonFiniteError, NonFiniteStateError, DiskFullError, MissingWeightsPackageError) as e:
         sys.exit(f"error: {e}")  # exit status 1, the message on stderr
 
 

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import config as config_lib
-from jaxcolor import data, runs, sharding
+from jaxcolor import data, models, runs, sharding
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import GANState, build_gan, fresh_state, param_count
 from jaxcolor.training.step import jit_train_step
@@ -181,6 +181,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
     config_lib.validate(config, jax.device_count(), jax.process_count())
     is_main = jax.process_index() == 0
     cfg_t, cfg_d = config.train, config.data
+    # Before any data or compile: a missing weights package fails here, naming its extra.
+    pretrained = models.pretrained_variables(config.model)
     gan = build_gan(config)
 
     splits = data.find_splits(cfg_d.dir, cfg_d.val_fraction, cfg_t.seed)
@@ -201,7 +203,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
     if is_main:
         runs.write_config(workdir, config)
 
-    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh))
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh), pretrained)
     summary.message(
         f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
         f" | D {config.model.discriminator} {param_count(state.d.params):,} params"

@@ -12,6 +12,11 @@ Every step reports ``metrics["finite"]`` (1.0 or 0.0): whether all its losses, g
 network states are finite, computed on the device, so checking it costs no extra host sync. With
 ``train.nonfinite=skip_step`` a non-finite step leaves both networks (parameters, BatchNorm
 statistics, optimiser states) as they were; the step counter still advances.
+
+A generator with a pretrained encoder frozen for the first ``train.encoder_frozen_steps``
+(``gan.encoder``) differentiates only its other parameters during those steps
+(``encoder.frozen_vjp``); a run that also fine-tunes compiles both variants into one program,
+chosen per step by ``lax.cond``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import ml_collections
 import optax
 
 from jaxcolor import sharding
+from jaxcolor.training import encoder as encoder_lib
 from jaxcolor.training import losses
 from jaxcolor.training.state import GAN, GANState, NetState
 
@@ -112,26 +118,28 @@ def make_train_step(
         new = NetState(optax.apply_updates(g.params, updates), stats, opt_state)
         return new, metrics, all_finite(grads)
 
-    def forward(g: NetState, cond, rng):
-        fake, pullback, stats = jax.vjp(
-            lambda p: generate(p, g.batch_stats, cond, rng), g.params, has_aux=True
-        )
-        return fake, pullback, stats
+    def forward(g: NetState, cond, rng, frozen: bool):
+        def fn(p):
+            return generate(p, g.batch_stats, cond, rng)
 
-    def train_step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        if frozen:
+            return encoder_lib.frozen_vjp(fn, g.params, gan.encoder)
+        return jax.vjp(fn, g.params, has_aux=True)
+
+    def step_variant(state: GANState, batch: Batch, frozen: bool) -> tuple[GANState, Metrics]:
         cond, target = gan.task.split(batch)
         rng = jax.random.fold_in(state.rng, state.step)
         d_keys = jax.random.split(jax.random.fold_in(rng, 0), d_updates)
         g_keys = jax.random.split(jax.random.fold_in(rng, 1), g_updates)
 
-        fake, pullback, g_stats = forward(state.g, cond, g_keys[0])
+        fake, pullback, g_stats = forward(state.g, cond, g_keys[0], frozen)
         d, g, finite = state.d, state.g, []
         for i in range(d_updates):
             d, d_metrics, ok = d_update(d, cond, target, jax.lax.stop_gradient(fake), d_keys[i])
             finite.append(ok)
         for j in range(g_updates):
             if j > 0:
-                fake, pullback, g_stats = forward(g, cond, g_keys[j])
+                fake, pullback, g_stats = forward(g, cond, g_keys[j], frozen)
             g, g_metrics, ok = g_update(g, d, cond, target, fake, pullback, g_stats)
             finite.append(ok)
 
@@ -148,5 +156,16 @@ def make_train_step(
         metrics["finite"] = finite
         new_state = state.replace(step=state.step + 1, g=g, d=d)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+    frozen_steps = gan.encoder_frozen_steps if gan.encoder else 0
+
+    def train_step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        if frozen_steps == 0:
+            return step_variant(state, batch, False)
+        if frozen_steps >= config.train.num_steps:  # never unfrozen: one variant to compile
+            return step_variant(state, batch, True)
+        return jax.lax.cond(state.step < frozen_steps,
+                            lambda s, b: step_variant(s, b, True),
+                            lambda s, b: step_variant(s, b, False), state, batch)
 
     return train_step
