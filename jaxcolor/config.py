@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ndf = 64  # patchgan
     c.model.n_layers = 3  # patchgan: 3 = 70x70 receptive field
     # efficientnet_unet: its encoder's initial weights, a name (weights.PRETRAINED, from the
-    # [pretrained] extra) or a .pth/.safetensors file; None: random initialisation
+    # [pretrained] extra) or a .pth/.safetensors file; None or "" (--config.model.encoder_weights=):
+    # random initialisation
     c.model.encoder_weights = ml_collections.FieldReference("efficientnet-lite0-imagenet",
                                                             field_type=str)
     c.model.decoder_features = (128, 64, 48, 32)  # efficientnet_unet: widths at strides 16..2
