@@ -61,6 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.n_layers = 3  # patchgan: 3 = 70x70 receptive field
     c.model.spectral_norm = False  # D's layers spectrally normalised (and no BatchNorm in D)
     c.model.ema_decay = 0.0  # G's weight EMA, used by validation and every reader; 0 = off
+    # efficientnet_unet: its encoder's initial weights, a name (weights.PRETRAINED, from the
+    # [pretrained] extra) or a .pth/.safetensors file; None or "" (--config.model.encoder_weights=):
+    # random initialisation
+    c.model.encoder_weights = ml_collections.FieldReference("efficientnet-lite0-imagenet",
+                                                            field_type=str)
+    c.model.decoder_features = (128, 64, 48, 32)  # efficientnet_unet: widths at strides 16..2
 
     c.loss = ml_collections.ConfigDict()
     c.loss.adversarial = "bce"  # bce | lsgan | hinge
@@ -82,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.d_updates = 1  # D updates per train step
     c.optim.g_updates = 1  # G updates per train step
     c.optim.weight_decay = 0.0  # > 0: AdamW (decoupled, kernels only); 0: Adam
+    c.optim.encoder_lr_scale = 0.1  # a pretrained encoder's lr, times G's, once unfrozen
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 8  # global, over all devices and hosts
@@ -102,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     # RUN_OR_EXPORT[:STEP]: a new run starts G (and D, when the source has a matching one) from
     # another run's checkpoint or an exported model; its optimisers and data order are its own.
     c.train.init_from = ml_collections.FieldReference(None, field_type=str)
+    c.train.encoder_frozen_steps = 0  # a pretrained encoder is not trained for these first steps
     return c
 
 
@@ -162,6 +170,8 @@ def size_multiple(config: ml_collections.ConfigDict) -> int:
     """What the generator's input height and width must be multiples of."""
     if config.model.generator == "unet":
         return 2 ** int(resolve(config).model.num_downs)
+    if config.model.generator == "efficientnet_unet":
+        return 32  # the encoder's deepest stride
     return 4  # lab_gan: two stride-2 convolutions, then two transposed ones
 
 
@@ -204,6 +214,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
         _check(d.image_size % 2**m.num_downs == 0, "model.num_downs", m.num_downs,
                f"data.image_size={d.image_size} must be divisible by 2**num_downs; "
                f"use num_downs <= {max_downs(d.image_size)}")
+    if m.generator == "efficientnet_unet":
+        _check(d.image_size % 32 == 0, "data.image_size", d.image_size,
+               "a multiple of 32 for model.generator=efficientnet_unet")
+        _check(len(m.decoder_features) == 4 and min(m.decoder_features) >= 1,
+               "model.decoder_features", m.decoder_features, "4 widths >= 1 (strides 16 ... 2)")
     if m.discriminator == "patchgan":
         _check(d.image_size >= 2 ** (m.n_layers + 2), "model.n_layers", m.n_layers,
                f"too deep for data.image_size={d.image_size}")
@@ -215,6 +230,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1, num_proces
         _check(o[key] > 0, f"optim.{key}", o[key], "> 0")
     for key in ("b1", "b2"):
         _check(0 <= o[key] < 1, f"optim.{key}", o[key], "in [0, 1)")
+    _check(o.encoder_lr_scale >= 0, "optim.encoder_lr_scale", o.encoder_lr_scale, ">= 0")
+    _check(t.encoder_frozen_steps >= 0, "train.encoder_frozen_steps", t.encoder_frozen_steps,
+           ">= 0")
     _check(0.0 <= o.decay_start <= 1.0, "optim.decay_start", o.decay_start, "in [0, 1]")
     for key in ("d_updates", "g_updates"):
         _check(o[key] >= 1, f"optim.{key}", o[key], ">= 1")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import jax
 
 from jaxcolor import cli
+from jaxcolor.models.weights import MissingWeightsPackageError
 from jaxcolor.training.checkpoints import DiskFullError, NonFiniteStateError
 from jaxcolor.training.loop import NonFiniteError, init_distributed, train
 
@@ -61,7 +62,8 @@ def run() -> None:
     """Console entry point (``jaxcolor-train``): the same flags as ``python -m``. A diverging
     run or a full disk ends with ``error: ...`` and exit status 1."""
     cli.run_app(main, _define_flags, compile_cache=False,
-                errors=(NonFiniteError, NonFiniteStateError, DiskFullError))
+                errors=(NonFiniteError, NonFiniteStateError, DiskFullError,
+                        MissingWeightsPackageError))
 
 
 if __name__ == "__main__":

@@ -192,3 +192,41 @@ def test_transposed_convolution_follows_the_backend_choice_and_its_override():
     with pytest.raises(ValueError, match="transpose impl 'dense' is unknown"):
         with kernels.use_transpose_impl("dense"):
             pass
+
+
+# (batch, height, width, channels, kernel, stride): EfficientNet's 3x3 and 5x5 depthwise layers,
+# stride 2 on odd and even sizes ('SAME': the extra padding after).
+DEPTHWISE = [(2, 8, 8, 6, 3, 1), (2, 9, 7, 5, 3, 2), (1, 10, 8, 4, 5, 2), (2, 6, 7, 3, 5, 1)]
+
+
+@pytest.mark.parametrize("shape", DEPTHWISE, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_taps_equal_grouped_convolution(shape):
+    """The "taps" depthwise formulation (CPU's) equals XLA's grouped convolution in values and
+    both gradients, in float64 (summation order only) and float32."""
+    n, h, wd, c, k, stride = shape
+    rng = np.random.default_rng(sum(shape))
+    x, w = rng.standard_normal((n, h, wd, c)), rng.standard_normal((k, k, 1, c))
+    padding = kernels.explicit_padding("SAME", x.shape, (k, k), stride)
+    out = (n, -(-h // stride), -(-wd // stride), c)
+    cot = rng.standard_normal(out)
+
+    @jax.jit
+    def both(x, w, cot):
+        results = []
+        for impl in kernels.DEPTHWISE_IMPLS:
+            y, pullback = jax.vjp(
+                lambda x, w, impl=impl: kernels.depthwise_conv2d(x, w, stride, padding, impl),
+                x, w)
+            results.append((y, *pullback(cot)))
+        return results
+
+    with enable_x64(True):
+        native, taps = both(x, w, cot)
+        native32, taps32 = both(*(a.astype(np.float32) for a in (x, w, cot)))
+    for name, r, t, t32, length in zip(("value", "d/dx", "d/dw"), native, taps, taps32,
+                                       (k * k, k * k, n * out[1] * out[2]), strict=True):
+        assert t.shape == r.shape and t32.dtype == jnp.float32, name
+        assert _relative(t, r) < 4 * np.finfo(np.float64).eps * length, name
+        assert _relative(t32, r) < 4 * np.finfo(np.float32).eps * length, name
+    assert kernels.depthwise_impl() == kernels.DEPTHWISE_BY_BACKEND.get(jax.default_backend(),
+                                                                       "native")

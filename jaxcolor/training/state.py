@@ -25,6 +25,7 @@ import optax
 from jaxcolor import models
 from jaxcolor.config import check_choice
 from jaxcolor.tasks import Task, get_task
+from jaxcolor.training import encoder as encoder_lib
 from jaxcolor.training.diffaugment import parse_policy
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -75,6 +76,10 @@ class GAN:
     d_schedule: optax.Schedule
     ema_decay: float = 0.0  # model.ema_decay; 0: no EMA in the state
     diffaugment: tuple[str, ...] = ()  # loss.diffaugment, parsed (see training.diffaugment)
+    # A pretrained encoder in G (its params subtree) and the steps it stays frozen for
+    # (``jaxcolor.training.encoder``); None: G trains as one.
+    encoder: str | None = None
+    encoder_frozen_steps: int = 0
 
 
 def lr_schedule(base_lr: float, num_steps: int, decay_start: float) -> optax.Schedule:
@@ -143,25 +148,36 @@ def build_gan(config: ml_collections.ConfigDict) -> GAN:
     opt, steps = config.optim, config.train.num_steps
     g_schedule = lr_schedule(opt.g_lr, steps, opt.decay_start)
     d_schedule = lr_schedule(opt.d_lr, steps, opt.decay_start)
+    encoder = models.encoder_name(config.model)
+    frozen = config.train.encoder_frozen_steps if encoder else 0
+    g_tx = _adam(g_schedule, opt.g_updates, opt)
+    if encoder:
+        g_tx = encoder_lib.generator_tx(lambda s: _adam(s, opt.g_updates, opt), g_schedule,
+                                        encoder, frozen, opt.encoder_lr_scale, opt.g_updates)
     return GAN(
         task=task,
         generator=models.build_generator(config.model, task, dtype),
         discriminator=models.build_discriminator(config.model, task, dtype),
-        g_tx=_adam(g_schedule, opt.g_updates, opt),
+        g_tx=g_tx,
         d_tx=_adam(d_schedule, opt.d_updates, opt),
         g_schedule=g_schedule,
         d_schedule=d_schedule,
         ema_decay=float(config.model.get("ema_decay", 0.0)),
         diffaugment=parse_policy(config.loss.get("diffaugment", "")),
+        encoder=encoder,
+        encoder_frozen_steps=frozen,
     )
 
 
-def init_state(gan: GAN, rng: jax.Array, image_size: int) -> GANState:
-    """Fresh parameters (pix2pix initialisation) and optimiser states for both networks."""
+def init_state(gan: GAN, rng: jax.Array, image_size: int,
+               pretrained: dict | None = None) -> GANState:
+    """Fresh parameters (pix2pix initialisation) and optimiser states for both networks;
+    ``pretrained`` (``models.pretrained_variables``) replaces G's encoder variables."""
     g_key, d_key, drop_key, state_key = jax.random.split(rng, 4)
     cond = jnp.zeros((1, image_size, image_size, gan.task.cond_channels), jnp.float32)
     target = jnp.zeros((1, image_size, image_size, gan.task.target_channels), jnp.float32)
     g_vars = gan.generator.init({"params": g_key, "dropout": drop_key}, cond, train=False)
+    g_vars = encoder_lib.with_pretrained(g_vars, pretrained)
     d_vars = gan.discriminator.init(d_key, cond, target, train=False)
 
     def net(variables, tx):
@@ -176,16 +192,17 @@ def init_state(gan: GAN, rng: jax.Array, image_size: int) -> GANState:
     return state
 
 
-def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None) -> GANState:
+def fresh_state(gan: GAN, image_size: int, seed: int, sharding: Any = None,
+                pretrained: dict | None = None) -> GANState:
     """``init_state`` as one compiled program, its output placed with ``sharding``.
 
     On CPU the program is compiled without LLVM's optimisations: it runs once per run, and
     optimising the random-number code of every parameter took longer (~12 s for the LAB GAN)
     than running it unoptimised. The values are the same draws up to float rounding of the
     normal distribution's transform."""
-    init = jax.jit(lambda key: init_state(gan, key, image_size), out_shardings=sharding,
-                   compiler_options=run_once_options())
-    return init(jax.random.PRNGKey(seed))
+    init = jax.jit(lambda key, over: init_state(gan, key, image_size, over),
+                   out_shardings=sharding, compiler_options=run_once_options())
+    return init(jax.random.PRNGKey(seed), pretrained)
 
 
 def abstract_state(gan: GAN, image_size: int, sharding: Any = None) -> GANState:

@@ -28,6 +28,11 @@ still advances with the step (``state.advance_schedule``).
 ``loss.diffaugment`` (see ``training.diffaugment``) transforms every input of D, real and
 generated, in D's updates and in G's; with ``model.ema_decay`` > 0 each step ends by updating
 G's weight EMA (``state.ema_update``).
+
+A generator with a pretrained encoder frozen for the first ``train.encoder_frozen_steps``
+(``gan.encoder``) differentiates only its other parameters during those steps
+(``encoder.frozen_vjp``); a run that also fine-tunes compiles both variants into one program,
+chosen per step by ``lax.cond``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import optax
 from jaxcolor import models, sharding
 from jaxcolor.config import check_choice
 from jaxcolor.tasks import get_task
+from jaxcolor.training import encoder as encoder_lib
 from jaxcolor.training import losses
 from jaxcolor.training.diffaugment import augment_pair
 from jaxcolor.training.state import (
@@ -194,13 +200,15 @@ def make_train_step(
         new = NetState(optax.apply_updates(g.params, updates), stats, opt_state)
         return new, metrics, all_finite(grads)
 
-    def forward(g: NetState, cond, rng):
-        fake, pullback, stats = jax.vjp(
-            lambda p: generate(p, g.batch_stats, cond, rng), g.params, has_aux=True
-        )
-        return fake, pullback, stats
+    def forward(g: NetState, cond, rng, frozen: bool):
+        def fn(p):
+            return generate(p, g.batch_stats, cond, rng)
 
-    def train_step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        if frozen:
+            return encoder_lib.frozen_vjp(fn, g.params, gan.encoder)
+        return jax.vjp(fn, g.params, has_aux=True)
+
+    def step_variant(state: GANState, batch: Batch, frozen: bool) -> tuple[GANState, Metrics]:
         cond, target = gan.task.split(batch)
         rng = jax.random.fold_in(state.rng, state.step)
         d_keys = jax.random.split(jax.random.fold_in(rng, 0), d_updates)
@@ -211,7 +219,7 @@ def make_train_step(
         if phase == "critic":  # G frozen: its outputs in train mode, its statistics not kept
             fake, _ = generate(state.g.params, state.g.batch_stats, cond, g_keys[0])
         else:
-            fake, pullback, g_stats = forward(state.g, cond, g_keys[0])
+            fake, pullback, g_stats = forward(state.g, cond, g_keys[0], frozen)
         d, g, finite = state.d, state.g, []
         if phase == "recon":
             d = d.replace(opt_state=advance_schedule(d.opt_state, d_updates))
@@ -223,7 +231,7 @@ def make_train_step(
             g_metrics = {"g_recon": losses.reconstruction(fake, target, loss_cfg)}
         for j in range(g_updates if phase != "critic" else 0):
             if j > 0:
-                fake, pullback, g_stats = forward(g, cond, g_keys[j])
+                fake, pullback, g_stats = forward(g, cond, g_keys[j], frozen)
             g, g_metrics, ok = g_update(g, d, cond, target, fake, pullback, g_stats, g_keys[j])
             finite.append(ok)
 
@@ -243,5 +251,16 @@ def make_train_step(
         metrics["finite"] = finite
         new_state = state.replace(step=state.step + 1, **new)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+    frozen_steps = gan.encoder_frozen_steps if gan.encoder else 0
+
+    def train_step(state: GANState, batch: Batch) -> tuple[GANState, Metrics]:
+        if frozen_steps == 0:
+            return step_variant(state, batch, False)
+        if frozen_steps >= config.train.num_steps:  # never unfrozen: one variant to compile
+            return step_variant(state, batch, True)
+        return jax.lax.cond(state.step < frozen_steps,
+                            lambda s, b: step_variant(s, b, True),
+                            lambda s, b: step_variant(s, b, False), state, batch)
 
     return train_step
