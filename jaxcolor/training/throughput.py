@@ -182,12 +182,6 @@ def measure(train: Timed, infer: Timed, steps: int = 10, warmup: int = 2) -> dic
     }
 
 
-def benchmark(config, steps: int = 10, warmup: int = 2, impl: str | None = None,
-              transpose: str | None = None) -> dict[str, float]:
-    """``measure`` of ``config``'s train step and G inference."""
-    return measure(*prepare(config, impl, transpose), steps, warmup)
-
-
 def override(config, image_size: int | None, batch_size: int | None,
              num_downs: int | None = None, compute_dtype: str | None = None):
     """The benchmark's command-line overrides applied to ``config`` (returns it)."""
